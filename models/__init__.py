@@ -1,0 +1,1 @@
+"""Model architectures: configs and the graph builders importers call."""

@@ -1,0 +1,118 @@
+"""Op schemas: for each op, the shape/dtype rule the verifier checks.
+
+Ops are coarse, transformer-level. ``T`` is the symbolic token count of one step.
+
+===========  ==========================  ===============  ===============================
+op           inputs                      weights          output
+===========  ==========================  ===============  ===============================
+embedding    ids int64[T]                weight [V, H]    [T, H]
+rms_norm     x [T, H]                    weight [H]       [T, H]   x / rms(x) * weight
+linear       x [T, K]                    weight [N, K],   [T, N]   x @ weight.T + bias
+                                         bias? [N]
+rope         x [T, n*D], positions[T]    -                [T, n*D] rotate-half RoPE
+attention    q [T, Hq*D], k, v [T, Hk*D] -                [T, Hq*D] causal, KV cached
+             positions int64[T]
+silu         x                           -                x * sigmoid(x)
+mul, add     x, y (same shape)           -                elementwise
+===========  ==========================  ===============  ===============================
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from optimizer.ir.graph import Dim, Node, Value, WeightRef
+
+Signature = tuple[str, tuple[Dim, ...]]
+Rule = Callable[[Node, list[Value], dict[str, WeightRef]], list[Signature]]
+
+
+class OpError(ValueError):
+    """A node does not satisfy its op's schema."""
+
+
+def _need(cond: bool, message: str) -> None:
+    if not cond:
+        raise OpError(message)
+
+
+def _arity(node: Node, n_in: int, roles: set[str], optional: set[str] = frozenset()) -> None:
+    _need(len(node.inputs) == n_in, f"expects {n_in} inputs, has {len(node.inputs)}")
+    have = {r for r, _ in node.weights}
+    _need(roles <= have <= roles | optional,
+          f"expects weights {sorted(roles)} (optional {sorted(optional)}), has {sorted(have)}")
+    _need(len(node.outputs) == 1, f"expects 1 output, has {len(node.outputs)}")
+
+
+def _embedding(node: Node, ins: list[Value], w: dict[str, WeightRef]) -> list[Signature]:
+    _arity(node, 1, {"weight"})
+    _need(ins[0].dtype in ("int64", "int32"), f"ids must be integer, got {ins[0].dtype}")
+    _need(len(ins[0].shape) == 1, f"ids must be 1-D, got {ins[0]}")
+    _need(len(w["weight"].shape) == 2, "weight must be 2-D")
+    return [(node.attr("dtype", "float32"), (ins[0].shape[0], w["weight"].shape[1]))]
+
+
+def _rms_norm(node: Node, ins: list[Value], w: dict[str, WeightRef]) -> list[Signature]:
+    _arity(node, 1, {"weight"})
+    _need(w["weight"].shape == (ins[0].shape[-1],),
+          f"weight {w['weight'].shape} does not match input {ins[0]}")
+    _need(node.attr("eps") is not None, "missing attribute eps")
+    return [(ins[0].dtype, ins[0].shape)]
+
+
+def _linear(node: Node, ins: list[Value], w: dict[str, WeightRef]) -> list[Signature]:
+    _arity(node, 1, {"weight"}, {"bias"})
+    n, k = w["weight"].shape
+    _need(ins[0].shape[-1] == k, f"input {ins[0]} does not match weight [{n},{k}]")
+    if "bias" in w:
+        _need(w["bias"].shape == (n,), f"bias {w['bias'].shape} does not match [{n}]")
+    return [(ins[0].dtype, (*ins[0].shape[:-1], n))]
+
+
+def _rope(node: Node, ins: list[Value], w: dict[str, WeightRef]) -> list[Signature]:
+    _arity(node, 2, set())
+    x, pos = ins
+    n, d = node.attr("n_heads"), node.attr("head_dim")
+    _need(isinstance(n, int) and isinstance(d, int) and d % 2 == 0,
+          f"n_heads/head_dim must be ints with even head_dim, got {n}/{d}")
+    _need(x.shape[-1] == n * d, f"input {x} is not n_heads*head_dim = {n * d} wide")
+    _need(pos.dtype == "int64" and pos.shape == x.shape[:1], f"positions {pos} vs input {x}")
+    return [(x.dtype, x.shape)]
+
+
+def _attention(node: Node, ins: list[Value], w: dict[str, WeightRef]) -> list[Signature]:
+    _arity(node, 4, set())
+    q, k, v, pos = ins
+    hq, hk, d = node.attr("n_heads"), node.attr("n_kv_heads"), node.attr("head_dim")
+    _need(all(isinstance(a, int) and a > 0 for a in (hq, hk, d)), "bad head attributes")
+    _need(hq % hk == 0, f"n_heads {hq} is not a multiple of n_kv_heads {hk}")
+    _need(q.shape[-1] == hq * d, f"q {q} is not n_heads*head_dim = {hq * d} wide")
+    _need(k.shape[-1] == hk * d and v.shape[-1] == hk * d,
+          f"k {k} / v {v} are not n_kv_heads*head_dim = {hk * d} wide")
+    _need(isinstance(node.attr("layer"), int), "missing int attribute layer (the cache slot)")
+    _need(pos.dtype == "int64", f"positions must be int64, got {pos.dtype}")
+    return [(q.dtype, q.shape)]
+
+
+def _unary(node: Node, ins: list[Value], w: dict[str, WeightRef]) -> list[Signature]:
+    _arity(node, 1, set())
+    return [(ins[0].dtype, ins[0].shape)]
+
+
+def _binary(node: Node, ins: list[Value], w: dict[str, WeightRef]) -> list[Signature]:
+    _arity(node, 2, set())
+    _need(ins[0].shape == ins[1].shape and ins[0].dtype == ins[1].dtype,
+          f"operands differ: {ins[0]} vs {ins[1]}")
+    return [(ins[0].dtype, ins[0].shape)]
+
+
+OPS: dict[str, Rule] = {
+    "embedding": _embedding,
+    "rms_norm": _rms_norm,
+    "linear": _linear,
+    "rope": _rope,
+    "attention": _attention,
+    "silu": _unary,
+    "mul": _binary,
+    "add": _binary,
+}

@@ -1,0 +1,21 @@
+"""Next-token choice: greedy, or temperature with nucleus (top-p) sampling."""
+
+from __future__ import annotations
+
+import torch
+
+
+def sample(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0,
+           generator: torch.Generator | None = None) -> int:
+    """logits: [V]. temperature 0 is greedy argmax. Otherwise sample from
+    softmax(logits / temperature) restricted to the smallest set of most likely tokens whose
+    probability sums to at least ``top_p``."""
+    if temperature <= 0:
+        return int(torch.argmax(logits))
+    probs = torch.softmax(logits.float() / temperature, dim=-1)
+    if top_p < 1.0:
+        sorted_p, idx = torch.sort(probs, descending=True)
+        keep = torch.cumsum(sorted_p, 0) - sorted_p < top_p   # always keeps the first
+        probs = torch.zeros_like(probs).scatter(0, idx[keep], sorted_p[keep])
+        probs = probs / probs.sum()
+    return int(torch.multinomial(probs, 1, generator=generator))

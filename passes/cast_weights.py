@@ -1,0 +1,31 @@
+"""Cast floating-point weights to one storage dtype (the artifact stores them so)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from optimizer.ir import FLOAT_DTYPES, Graph, Transform
+from optimizer.pass_api import graph_pass
+
+
+@dataclass(frozen=True)
+class CastOptions:
+    dtype: str = "float16"
+
+    def __post_init__(self) -> None:
+        if self.dtype not in FLOAT_DTYPES:
+            raise ValueError(f"dtype: expected one of {FLOAT_DTYPES}, got {self.dtype!r}")
+
+
+@graph_pass("cast-weights", CastOptions)
+def cast_weights(graph: Graph, opts: CastOptions) -> Graph:
+    """Record a cast of every floating weight to ``dtype``; applied when weights are written.
+    Activations stay in their dtype (the CPU runtime computes in float32)."""
+    weights = {}
+    for name, w in graph.weights.items():
+        if w.dtype in FLOAT_DTYPES and w.dtype != opts.dtype:
+            w = dataclasses.replace(w, dtype=opts.dtype,
+                                    transforms=w.transforms + (Transform("cast", (opts.dtype,)),))
+        weights[name] = w
+    return graph.replace(weights=weights)
