@@ -22,7 +22,7 @@ def load(path: str | Path, device: str = "cpu") -> Runtime:
     graph, manifest = load_artifact(path)
     store = WeightStore()
     weights = {name: store.load(ref) for name, ref in graph.weights.items()}
-    return Runtime(graph, CpuExecutor(graph, weights), manifest)
+    return Runtime(graph, CpuExecutor(graph, weights), {**manifest, "path": str(path)})
 
 
 __all__ = ["load", "Runtime"]

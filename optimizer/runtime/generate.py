@@ -6,6 +6,7 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from optimizer.errors import InvalidInput
 from optimizer.ir import Graph
 from optimizer.runtime.sampling import sample
 
@@ -23,7 +24,8 @@ class Runtime:
         if self._tokenizer is None:
             text = self.graph.meta.get("tokenizer")
             if not text:
-                raise ValueError("this artifact has no tokenizer; pass token ids to logits()")
+                raise InvalidInput(self.manifest.get("path"), "this artifact has no tokenizer; "
+                                   "text generation needs one (logits() takes token ids)")
             from tokenizers import Tokenizer
             self._tokenizer = Tokenizer.from_str(text)
         return self._tokenizer
