@@ -74,7 +74,6 @@ def build(model: str, output: Path, config: Path | None, passes: tuple[str, ...]
 
     start = time.perf_counter()
     manager = PassManager(_pipeline(passes, dtype), dump_ir=dump_ir, log=_log)
-    _log(f"importing {model}")
     graph = import_model(model, config=config)
     _log(f"imported {graph.meta['model']['family']}: {len(graph.nodes)} nodes, "
          f"{graph.n_params:,} params")

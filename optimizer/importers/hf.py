@@ -41,7 +41,7 @@ def _shards(folder: Path) -> list[Path]:
     found = sorted(folder.glob("*.safetensors"))
     if len(found) == 1:
         return found
-    if any(folder.glob(p) for p in ("*.bin", "*.pt", "*.pth", "*.ckpt")):
+    if any(any(folder.glob(p)) for p in ("*.bin", "*.pt", "*.pth", "*.ckpt")):
         raise InvalidInput(folder, "only safetensors checkpoints are supported; pickle files "
                                    "(.bin/.pt) are never loaded")
     raise InvalidInput(folder, "no model.safetensors or model.safetensors.index.json")
