@@ -129,6 +129,7 @@ def _write_into(graph: Graph, tmp: Path, progress: Callable[[str], None] | None)
         "sources": [{"path": Path(p).name, "sha256": sha256_file(Path(p)),
                      "size": Path(p).stat().st_size} for p in graph.meta.get("sources", [])],
         "pipeline": list(graph.meta.get("pipeline", [])),
+        "quantization": list(graph.meta.get("quantization", [])),
         "files": files,
     }
     _write(tmp / "manifest.json", _json_bytes(manifest))

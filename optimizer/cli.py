@@ -4,6 +4,7 @@
     optimize inspect PATH [--ir]                                     (model or artifact)
     optimize run ARTIFACT --prompt TEXT [--max-new-tokens N]
     optimize passes                                                   (list passes)
+    optimize eval MODEL... --text FILE [--context N] [--stride N]      (perplexity)
 
 Exit codes: 0 success, 2 invalid input, 1 internal or I/O error. ``--debug`` (anywhere)
 shows tracebacks.
@@ -16,6 +17,7 @@ import time
 import traceback
 from collections import Counter
 from pathlib import Path
+from typing import Callable
 
 import click
 
@@ -164,6 +166,65 @@ def list_passes() -> None:
     for name, p in sorted(registry().items()):
         opts = ", ".join(f"{f.name}={f.default}" for f in dataclasses.fields(p.options))
         click.echo(f"{name:16} {p.doc}" + (f"  [{opts}]" if opts else ""))
+
+
+@cli.command("eval")
+@click.argument("models", nargs=-1, required=True)
+@click.option("--text", "text_path", required=True, type=click.Path(path_type=Path),
+              help="UTF-8 text file to score.")
+@click.option("--context", default=512, show_default=True, type=click.IntRange(2),
+              help="Tokens per window.")
+@click.option("--stride", default=256, show_default=True, type=click.IntRange(1),
+              help="Tokens between window starts (<= --context).")
+@click.option("--max-tokens", type=click.IntRange(2), help="Score only the first N tokens.")
+@click.option("--device", default="cpu", show_default=True)
+def evaluate(models: tuple[str, ...], text_path: Path, context: int, stride: int,
+             max_tokens: int | None, device: str) -> None:
+    """Perplexity of each of MODELS (artifacts or model sources) on the text of --text,
+    by sliding windows; prints one row per model, compared with the first."""
+    from optimizer.evaluate import perplexity, read_text, tokenize_text
+    from optimizer.open_model import open_runtime
+
+    if stride > context:
+        raise click.BadParameter(f"{stride} is more than --context ({context})",
+                                 param_hint="'--stride'")
+    text = read_text(text_path)
+    rows: list[tuple[str, float, int, float]] = []
+    for name in models:
+        with open_runtime(name, device=device) as rt:
+            ids = tokenize_text(rt, text)[:max_tokens]
+            if len(ids) < 2:
+                raise InvalidInput(text_path, f"encodes to {len(ids)} token(s) with {name}; "
+                                   "perplexity needs at least 2")
+            start = time.perf_counter()
+            result = perplexity(rt, ids, context, stride, progress=_eval_progress(name))
+            rows.append((name, result.ppl, result.n_tokens, time.perf_counter() - start))
+    _print_eval_table(rows)
+
+
+def _eval_progress(name: str) -> Callable[[int, int], None]:
+    """One updating line on a terminal; otherwise at most 10 log lines."""
+    tty = sys.stderr.isatty()
+
+    def report(i: int, n: int) -> None:
+        if tty:
+            click.echo(f"\r{name}: window {i}/{n}", err=True, nl=i == n)
+        elif i % -(-n // 10) == 0 or i == n:
+            _log(f"{name}: window {i}/{n}")
+    return report
+
+
+def _print_eval_table(rows: list[tuple[str, float, int, float]]) -> None:
+    """name, perplexity, tokens scored, seconds, and the relative change of perplexity
+    vs the first row: (ppl / ppl_first - 1) * 100 %."""
+    width = max(len("model"), *(len(r[0]) for r in rows))
+    click.echo(f"{'model':<{width}}  {'perplexity':>12}  {'tokens':>8}  {'seconds':>8}  "
+               f"{'vs first':>8}")
+    first = rows[0][1]
+    for name, ppl, n_tokens, seconds in rows:
+        change = f"{(ppl / first - 1) * 100:+.1f}%"
+        click.echo(f"{name:<{width}}  {ppl:>12.4f}  {n_tokens:>8}  {seconds:>8.1f}  "
+                   f"{change:>8}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -118,7 +118,9 @@ class Graph:
 
     ``values`` maps every value name (graph inputs included) to its `Value`.
     ``meta`` holds JSON-serialisable model facts (``model`` config, ``tokenizer`` JSON
-    text, ``sources``, ``pipeline``).
+    text, ``sources``, ``pipeline``, per-pass ``quantization`` reports).
+    ``resources`` keeps alive what the weight handles point into (e.g. a pass's scratch
+    directory of computed tensors); it travels with `replace` and is never serialised.
     """
 
     inputs: tuple[str, ...]
@@ -127,6 +129,7 @@ class Graph:
     values: Mapping[str, Value]
     weights: Mapping[str, WeightRef]
     meta: Mapping[str, Any] = field(default_factory=dict)
+    resources: tuple[Any, ...] = field(default=(), compare=False, repr=False)
 
     def __post_init__(self) -> None:
         for name in ("values", "weights", "meta"):

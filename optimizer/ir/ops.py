@@ -12,6 +12,12 @@ linear       x [T, K]                    weight [N, K],   [T, N]   x @ weight.T 
 rope         x [T, n*D], positions[T]    -                [T, n*D] rotate-half RoPE
 attention    q [T, Hq*D], k, v [T, Hk*D] -                [T, Hq*D] causal, KV cached
              positions int64[T]
+qlinear      x [T, K]                    qweight, scales, [T, N]   weight-only quantized
+                                         zeros?, g_idx?,  (kernels/qlinear/reference.py)
+                                         bias?
+qlinear_w8a8 x [T, K]                    qweight int8     [T, N]   W8A8, dynamic per-token
+                                         [N,K], scales    int8 activations
+                                         [N], bias?       (kernels/w8a8/reference.py)
 silu         x                           -                x * sigmoid(x)
 mul, add     x, y (same shape)           -                elementwise
 ===========  ==========================  ===============  ===============================
@@ -69,6 +75,44 @@ def _linear(node: Node, ins: list[Value], w: dict[str, WeightRef]) -> list[Signa
     return [(ins[0].dtype, (*ins[0].shape[:-1], n))]
 
 
+def _qlinear(node: Node, ins: list[Value], w: dict[str, WeightRef]) -> list[Signature]:
+    _arity(node, 1, {"qweight", "scales"}, {"zeros", "g_idx", "bias"})
+    bits, group, k = node.attr("bits"), node.attr("group_size"), node.attr("in_features")
+    _need(bits in (2, 3, 4, 8), f"bits must be 2, 3, 4 or 8, got {bits}")
+    _need(isinstance(group, int) and group >= 0, f"group_size must be an int >= 0, got {group}")
+    _need(ins[0].shape[-1] == k, f"input {ins[0]} does not match in_features {k}")
+    qw, sc = w["qweight"], w["scales"]
+    n = qw.shape[0]
+    _need(qw.dtype == "uint8" and qw.shape == (n, (k * bits + 7) // 8),
+          f"qweight must be uint8 [{n}, {(k * bits + 7) // 8}], got {qw.dtype}{list(qw.shape)}")
+    groups = (k + group - 1) // group if group else 1
+    if "g_idx" in w:
+        _need(w["g_idx"].shape == (k,) and w["g_idx"].dtype == "int32",
+              f"g_idx must be int32 [{k}], got {w['g_idx'].dtype}{list(w['g_idx'].shape)}")
+        groups = sc.shape[1] if len(sc.shape) == 2 else -1
+    _need(sc.shape == (n, groups) and sc.dtype == "float16",
+          f"scales must be float16 [{n}, {groups}], got {sc.dtype}{list(sc.shape)}")
+    if "zeros" in w:
+        _need(w["zeros"].shape == sc.shape and w["zeros"].dtype == "uint8",
+              f"zeros must be uint8 {list(sc.shape)}, got {w['zeros'].dtype}"
+              f"{list(w['zeros'].shape)}")
+    if "bias" in w:
+        _need(w["bias"].shape == (n,), f"bias {w['bias'].shape} does not match [{n}]")
+    return [(ins[0].dtype, (*ins[0].shape[:-1], n))]
+
+
+def _qlinear_w8a8(node: Node, ins: list[Value], w: dict[str, WeightRef]) -> list[Signature]:
+    _arity(node, 1, {"qweight", "scales"}, {"bias"})
+    qw, sc = w["qweight"], w["scales"]
+    _need(qw.dtype == "int8" and len(qw.shape) == 2, f"qweight must be 2-D int8, got {qw.dtype}")
+    n, k = qw.shape
+    _need(ins[0].shape[-1] == k, f"input {ins[0]} does not match qweight [{n},{k}]")
+    _need(sc.shape == (n,), f"scales must be [{n}], got {list(sc.shape)}")
+    if "bias" in w:
+        _need(w["bias"].shape == (n,), f"bias {w['bias'].shape} does not match [{n}]")
+    return [(ins[0].dtype, (*ins[0].shape[:-1], n))]
+
+
 def _rope(node: Node, ins: list[Value], w: dict[str, WeightRef]) -> list[Signature]:
     _arity(node, 2, set())
     x, pos = ins
@@ -110,6 +154,8 @@ OPS: dict[str, Rule] = {
     "embedding": _embedding,
     "rms_norm": _rms_norm,
     "linear": _linear,
+    "qlinear": _qlinear,
+    "qlinear_w8a8": _qlinear_w8a8,
     "rope": _rope,
     "attention": _attention,
     "silu": _unary,

@@ -14,7 +14,7 @@ def load(path: str | Path, device: str = "cpu") -> Runtime:
     """
     from optimizer.artifact import load_artifact
     from optimizer.ir.weights import WeightStore
-    from optimizer.runtime.cpu import CpuExecutor
+    from optimizer.interpreter import Interpreter
 
     if device != "cpu":
         raise NotImplementedError(f"device '{device}': only the CPU reference runtime exists "
@@ -22,7 +22,7 @@ def load(path: str | Path, device: str = "cpu") -> Runtime:
     graph, manifest = load_artifact(path)
     store = WeightStore()
     weights = {name: store.load(ref) for name, ref in graph.weights.items()}
-    return Runtime(graph, CpuExecutor(graph, weights), {**manifest, "path": str(path)})
+    return Runtime(graph, Interpreter(graph, weights), {**manifest, "path": str(path)})
 
 
 __all__ = ["load", "Runtime"]
