@@ -8,7 +8,7 @@ float32, one KV cache per (attention layer, sequence).
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Mapping
 
 import torch
 
@@ -104,18 +104,25 @@ OPS: dict[str, OpFn] = {
 class Interpreter:
     """Executes ``graph`` given its weights as tensors (loaded once, upcast to float32)."""
 
-    def __init__(self, graph: Graph, weights: dict[str, torch.Tensor]) -> None:
+    def __init__(self, graph: Graph, weights: Mapping[str, torch.Tensor]) -> None:
         missing = [n.op for n in graph.nodes if n.op not in OPS]
         if missing:
-            raise NotImplementedError(f"the CPU runtime has no kernel for ops {sorted(set(missing))}")
+            raise NotImplementedError(f"no reference kernel for ops {sorted(set(missing))}")
         self.graph = graph
-        self.weights = {k: (t.float() if t.is_floating_point() else t) for k, t in weights.items()}
+        self.source = weights           # may load lazily (a Mapping with __missing__)
+        self.weights: dict[str, torch.Tensor] = {}
         self.freqs: dict[tuple, torch.Tensor] = {}
         self.cache = KVCache()
         self.seqs = torch.zeros(0, dtype=torch.int64)
 
     def w(self, name: str) -> torch.Tensor:
-        return self.weights[name]
+        """A weight, float ones upcast to float32 once."""
+        t = self.weights.get(name)
+        if t is None:
+            t = self.source[name]
+            t = t.float() if t.is_floating_point() else t
+            self.weights[name] = t
+        return t
 
     def reset(self) -> None:
         self.cache = KVCache()

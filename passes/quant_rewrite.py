@@ -37,12 +37,17 @@ def layer_of(node: Node) -> int | None:
     return int(head[1:]) if head.startswith("l") and head[1:].isdigit() else None
 
 
-def load_checked(store: WeightStore, ref: WeightRef) -> torch.Tensor:
-    """Float32 weight; NaN/Inf is invalid input naming the tensor and its file."""
-    w = store.load(ref).float()
-    if not bool(torch.isfinite(w).all()):
+def check_finite(ref: WeightRef, t: torch.Tensor) -> None:
+    """NaN/Inf in a weight is invalid input naming the tensor and its file."""
+    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
         raise InvalidInput(ref.file, f"tensor '{ref.key}' has "
-                                     f"{int((~torch.isfinite(w)).sum())} NaN/Inf values")
+                                     f"{int((~torch.isfinite(t)).sum())} NaN/Inf values")
+
+
+def load_checked(store: WeightStore, ref: WeightRef) -> torch.Tensor:
+    """Float32 weight, checked finite."""
+    w = store.load(ref).float()
+    check_finite(ref, w)
     return w
 
 

@@ -103,7 +103,7 @@ def test_load_checks_files_against_manifest(source, tmp_path) -> None:
 
 def test_runtime_sampling_is_seeded(source, tmp_path) -> None:
     """Temperature/top-p sampling: same seed, same tokens; top_p tiny == greedy."""
-    from optimizer.runtime.sampling import sample
+    from optimizer.kernels.sampling.reference import sample
     logits = torch.randn(50, generator=torch.Generator().manual_seed(0))
     draw = [sample(logits, 1.0, 0.9, torch.Generator().manual_seed(7)) for _ in range(2)]
     assert draw[0] == draw[1]

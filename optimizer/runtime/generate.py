@@ -8,7 +8,7 @@ import torch
 
 from optimizer.errors import InvalidInput
 from optimizer.ir import Graph
-from optimizer.runtime.sampling import sample
+from optimizer.kernels.sampling.reference import sample
 
 
 class Runtime:

@@ -19,3 +19,9 @@ def sample(logits: torch.Tensor, temperature: float = 0.0, top_p: float = 1.0,
         probs = torch.zeros_like(probs).scatter(0, idx[keep], sorted_p[keep])
         probs = probs / probs.sum()
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def sample_batch(logits: torch.Tensor, temperature: float, top_p: float,
+                 generator: torch.Generator) -> torch.Tensor:
+    """One token per row of logits [B, V] (the batched form of `sample`)."""
+    return torch.tensor([sample(row, temperature, top_p, generator) for row in logits])
