@@ -27,3 +27,24 @@ def save_tiny(kind: str, folder: Path, seed: int = 0, **overrides) -> torch.nn.M
                 p.copy_(torch.randn_like(p) * 0.5 + (1.0 if "norm" in name else 0.0))
     model.save_pretrained(folder, max_shard_size=base.get("max_shard_size", "2GB"))
     return model
+
+
+def add_tokenizer(folder: Path, vocab_size: int, corpus: Path) -> None:
+    """Write a word-level tokenizer.json (the ``vocab_size - 1`` most frequent words of
+    ``corpus`` plus [UNK]) into ``folder``, so tiny models can take text calibration."""
+    import collections
+    import json
+
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    words: collections.Counter[str] = collections.Counter()
+    for line in corpus.read_text().splitlines():
+        text = json.loads(line)["text"] if corpus.suffix == ".jsonl" else line
+        words.update(text.lower().split())
+    vocab = {"[UNK]": 0}
+    for word, _ in words.most_common(vocab_size - 1):
+        vocab[word] = len(vocab)
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.save(str(folder / "tokenizer.json"))
