@@ -13,7 +13,7 @@ from optimizer.errors import InvalidInput
 from optimizer.ir import Node, Value, VerifyError, format_graph, verify
 from optimizer.pass_api import graph_pass
 from optimizer.passes import registry
-from optimizer.runtime.cpu import CpuExecutor
+from optimizer.interpreter import Interpreter
 from optimizer.ir.weights import WeightStore
 from tiny_models import save_tiny
 
@@ -27,7 +27,7 @@ def graph(tmp_path_factory):
 
 def _logits(g, ids: torch.Tensor) -> torch.Tensor:
     store = WeightStore()
-    ex = CpuExecutor(g, {n: store.load(w) for n, w in g.weights.items()})
+    ex = Interpreter(g, {n: store.load(w) for n, w in g.weights.items()})
     return ex.step(ids, torch.arange(ids.numel()))
 
 
@@ -80,7 +80,7 @@ def test_cast_weights_numerical(graph) -> None:
     ids = torch.randint(0, 96, (7,), generator=torch.Generator().manual_seed(4))
     store = WeightStore()
     rounded = {n: store.load(w).to(torch.bfloat16).float() for n, w in graph.weights.items()}
-    ref = CpuExecutor(graph, rounded).step(ids, torch.arange(7))
+    ref = Interpreter(graph, rounded).step(ids, torch.arange(7))
     out = optimizer.PassManager(["cast-weights:dtype=bfloat16"]).run(graph)
     assert torch.equal(_logits(out, ids), ref)
 
