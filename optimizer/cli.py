@@ -23,7 +23,6 @@ import click
 
 from optimizer.errors import InvalidInput
 
-DEFAULT_PASSES = ("dce",)
 
 
 def _log(message: str) -> None:
@@ -49,40 +48,76 @@ def cli() -> None:
     """
 
 
-def _pipeline(passes: tuple[str, ...], dtype: str | None) -> list[str]:
-    specs = [s.strip() for group in passes for s in group.split(";") if s.strip()]
-    specs = specs or list(DEFAULT_PASSES)
-    if dtype:
-        specs.append(f"cast-weights:dtype={dtype}")
-    return specs
-
-
 @cli.command()
 @click.argument("model")
 @click.option("-o", "--output", required=True, type=click.Path(path_type=Path),
               help="Artifact directory to write.")
 @click.option("--config", type=click.Path(path_type=Path), help="config.json for a bare "
               ".safetensors file.")
-@click.option("--passes", multiple=True, help="Pass pipeline, e.g. 'dce;cast-weights:dtype="
-              f"bfloat16' (default: {';'.join(DEFAULT_PASSES)}).")
+@click.option("--passes", multiple=True, help="Pass pipeline, e.g. 'dce;awq:bits=4,"
+              "group_size=128' (default: dce).")
+@click.option("--int4", is_flag=True, help="GPTQ 4-bit, group 128, act-order.")
+@click.option("--int8", is_flag=True, help="Weight-only int8 per output channel (RTN).")
+@click.option("--calib", type=click.Path(path_type=Path), help="Calibration text (.txt, or "
+              ".jsonl with a 'text' field); default: samples the model generates itself.")
+@click.option("--calib-samples", type=click.IntRange(1), help="Calibration sequences "
+              "(default 128).")
+@click.option("--calib-seq-len", type=click.IntRange(2), help="Tokens per calibration "
+              "sequence (default 512).")
+@click.option("--quantize-lm-head", is_flag=True, help="Quantize the lm_head too.")
+@click.option("--format", "fmt", type=click.Choice(["artifact", "gptq", "awq"]),
+              default="artifact", show_default=True, help="Write our artifact, or a "
+              "GPTQ / AWQ checkpoint directory other tools load.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]),
-              help="Store weights in this dtype (appends a cast-weights pass).")
+              help="Store the remaining float weights in this dtype.")
 @click.option("--dump-ir", type=click.Path(path_type=Path), help="Write the IR after each "
               "pass into this directory.")
-def build(model: str, output: Path, config: Path | None, passes: tuple[str, ...],
-          dtype: str | None, dump_ir: Path | None) -> None:
+def build(model: str, output: Path, config: Path | None, passes: tuple[str, ...], int4: bool,
+          int8: bool, calib: Path | None, calib_samples: int | None,
+          calib_seq_len: int | None, quantize_lm_head: bool, fmt: str, dtype: str | None,
+          dump_ir: Path | None) -> None:
     """Import MODEL, run the passes, write the artifact to OUTPUT."""
     from optimizer import PassManager, import_model, save
+    from optimizer.pipelines import BuildRequest, build_pipeline
 
     start = time.perf_counter()
-    manager = PassManager(_pipeline(passes, dtype), dump_ir=dump_ir, log=_log)
+    specs = build_pipeline(BuildRequest(
+        passes, int4, int8, dtype, str(calib) if calib else None, calib_samples,
+        calib_seq_len, quantize_lm_head))
+    manager = PassManager(specs, dump_ir=dump_ir, log=_log)
     graph = import_model(model, config=config)
     _log(f"imported {graph.meta['model']['family']}: {len(graph.nodes)} nodes, "
          f"{graph.n_params:,} params")
     graph = manager.run(graph)
-    save(graph, output, progress=_log)
+    _summarize_quantization(graph)
+    if fmt == "artifact":
+        save(graph, output, progress=_log)
+    else:
+        from optimizer.exporters import export_hf_quantized
+        export_hf_quantized(graph, output, fmt)
     size = sum(f.stat().st_size for f in output.iterdir())
     _log(f"wrote {output} ({size / 2**20:.1f} MiB) in {time.perf_counter() - start:.1f} s")
+
+
+def _summarize_quantization(graph) -> None:
+    """Per-layer quantization error summary (relative output error on calibration data)."""
+    for report in graph.meta.get("quantization", []):
+        linears = report.get("linears", {})
+        if not linears:
+            continue
+        by_layer: dict[str, list[float]] = {}
+        for name, rec in linears.items():
+            layer = name.split(".")[2] if name.startswith("model.layers.") else "head"
+            by_layer.setdefault(layer, []).append(rec["rel_error"])
+        worst = max(linears.items(), key=lambda kv: kv[1]["rel_error"])
+        _log(f"{report['pass']}: relative output error per layer (mean / max):")
+        for layer, errs in by_layer.items():
+            _log(f"  layer {layer:>4}: {sum(errs) / len(errs):.4f} / {max(errs):.4f}")
+        _log(f"  worst linear: {worst[0]} ({worst[1]['rel_error']:.4f})")
+        raised = [n for n, r in linears.items() if "damp_raised_to" in r or "fallback" in r]
+        if raised:
+            _log(f"  dampening raised or fallback used for {len(raised)} linears "
+                 "(see manifest.json)")
 
 
 @cli.command()

@@ -1,0 +1,70 @@
+"""The named pipelines behind the CLI's flags, as explicit lists of pass specs.
+
+Phases, and why in this order:
+1. cleanup (dce): passes after it see only live nodes and weights;
+2. quantization (gptq / quantize-rtn / awq / smoothquant): needs the float weights and, for
+   the calibrated passes, the whole float graph to run calibration data through;
+3. storage (cast-weights): last, so quantization works from the source precision; it only
+   changes the float weights that remain (norms, embeddings, lm_head).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from optimizer.errors import InvalidInput
+from optimizer.pass_api import parse_pass_spec
+
+CLEANUP = ["dce"]
+INT4 = "gptq:bits=4,group_size=128,act_order=true"   # GPTQ int4 g128, desc_act
+INT8 = "quantize-rtn:bits=8,group_size=0,sym=true"    # weight-only int8, per channel
+CALIBRATED = ("gptq", "awq", "smoothquant")
+QUANTIZING = ("quantize-rtn",) + CALIBRATED
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    passes: tuple[str, ...] = ()          # explicit specs (';'-separated allowed)
+    int4: bool = False
+    int8: bool = False
+    dtype: str | None = None
+    calib: str | None = None
+    calib_samples: int | None = None
+    calib_seq_len: int | None = None
+    quantize_lm_head: bool = False
+
+
+def _with_options(spec: str, extra: dict[str, object]) -> str:
+    name, opts = parse_pass_spec(spec)
+    merged = {**{k: v for k, v in extra.items() if v is not None}, **opts}   # spec wins
+    body = ",".join(f"{k}={str(v).lower() if isinstance(v, bool) else v}"
+                    for k, v in merged.items())
+    return f"{name}:{body}" if body else name
+
+
+def build_pipeline(req: BuildRequest) -> list[str]:
+    """The pass specs for a build request (see the module docstring for the phases)."""
+    explicit = [s.strip() for group in req.passes for s in group.split(";") if s.strip()]
+    if sum([bool(explicit), req.int4, req.int8]) > 1:
+        raise InvalidInput(None, "--int4, --int8 and --passes choose the pipeline: give one")
+    if explicit:
+        specs = explicit
+    else:
+        specs = CLEANUP + ([INT4] if req.int4 else []) + ([INT8] if req.int8 else [])
+    calib = {"calib": req.calib, "calib_samples": req.calib_samples,
+             "calib_seq_len": req.calib_seq_len}
+    out = []
+    for spec in specs:
+        name = parse_pass_spec(spec)[0]
+        if name in CALIBRATED:
+            spec = _with_options(spec, calib)
+        if name in QUANTIZING and req.quantize_lm_head:
+            spec = _with_options(spec, {"quantize_lm_head": True})
+        out.append(spec)
+    if any(v is not None for v in calib.values()) and not any(
+            parse_pass_spec(s)[0] in CALIBRATED for s in out):
+        raise InvalidInput(None, "--calib options need a calibrated pass (gptq, awq, "
+                                 "smoothquant; --int4 uses gptq)")
+    if req.dtype:
+        out.append(f"cast-weights:dtype={req.dtype}")
+    return out
