@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from optimizer import __version__
+from optimizer.atomic_dir import json_bytes, replace_dir, write_bytes
 from optimizer.errors import InvalidInput
 from optimizer.formats.safetensors_io import write_safetensors
 from optimizer.ir import Graph, WeightRef, verify
@@ -41,25 +39,6 @@ def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
         while block := f.read(chunk):
             h.update(block)
     return h.hexdigest()
-
-
-def _write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _json_bytes(obj: Any) -> bytes:
-    return (json.dumps(obj, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _check_target(out: Path) -> None:
@@ -82,23 +61,7 @@ def save(graph: Graph, out: str | Path,
     out = Path(out)
     verify(graph)
     _check_target(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
-        _write_into(graph, tmp, progress)
-        _fsync_dir(tmp)
-        if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            os.replace(out, old / "a")
-            os.replace(tmp, out)
-            shutil.rmtree(old)
-        else:
-            os.replace(tmp, out)
-        _fsync_dir(out.parent)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return replace_dir(out, lambda tmp: _write_into(graph, tmp, progress))
 
 
 def _write_into(graph: Graph, tmp: Path, progress: Callable[[str], None] | None) -> None:
@@ -116,9 +79,9 @@ def _write_into(graph: Graph, tmp: Path, progress: Callable[[str], None] | None)
     write_safetensors(tmp / WEIGHTS_FILE, entries, produce)
     stored = {n: WeightRef(n, w.dtype, w.shape, WEIGHTS_FILE, n, "safetensors")
               for n, w in graph.weights.items()}
-    _write(tmp / "graph.json", _json_bytes(graph_to_json(graph.replace(weights=stored))))
+    write_bytes(tmp / "graph.json", json_bytes(graph_to_json(graph.replace(weights=stored))))
     if graph.meta.get("tokenizer"):
-        _write(tmp / "tokenizer.json", graph.meta["tokenizer"].encode())
+        write_bytes(tmp / "tokenizer.json", graph.meta["tokenizer"].encode())
     files = {p.name: {"sha256": sha256_file(p), "size": p.stat().st_size}
              for p in sorted(tmp.iterdir())}
     manifest = {
@@ -132,7 +95,7 @@ def _write_into(graph: Graph, tmp: Path, progress: Callable[[str], None] | None)
         "quantization": list(graph.meta.get("quantization", [])),
         "files": files,
     }
-    _write(tmp / "manifest.json", _json_bytes(manifest))
+    write_bytes(tmp / "manifest.json", json_bytes(manifest))
 
 
 def load_artifact(path: str | Path) -> tuple[Graph, dict[str, Any]]:

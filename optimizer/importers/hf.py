@@ -12,11 +12,14 @@ from optimizer.errors import InvalidInput
 from optimizer.formats.safetensors_io import SafetensorsFile
 from optimizer.importers.common import check_weights
 from optimizer.importers.hf_config import config_from_hf
+from optimizer.importers.hf_quant_config import quant_config_from_hf
+from optimizer.importers.hf_quantized import import_quantized
 from optimizer.importers.jsonfile import read_json_object
 from optimizer.ir import Graph, WeightRef
 from optimizer.models.llama import build_graph
 
 DTYPES = {"F32": "float32", "F16": "float16", "BF16": "bfloat16"}
+QUANT_DTYPES = {**DTYPES, "I32": "int32"}   # GPTQ/AWQ checkpoints
 IGNORED_SUFFIXES = ("rotary_emb.inv_freq",)
 
 
@@ -47,7 +50,8 @@ def _shards(folder: Path) -> list[Path]:
     raise InvalidInput(folder, "no model.safetensors or model.safetensors.index.json")
 
 
-def _weight_refs(files: list[Path], index: Path | None) -> dict[str, WeightRef]:
+def _weight_refs(files: list[Path], index: Path | None,
+                 dtypes: dict[str, str] = DTYPES) -> dict[str, WeightRef]:
     refs: dict[str, WeightRef] = {}
     for path in files:
         st = SafetensorsFile(path)
@@ -56,10 +60,10 @@ def _weight_refs(files: list[Path], index: Path | None) -> dict[str, WeightRef]:
                 continue
             if name in refs:
                 raise InvalidInput(path, f"tensor '{name}' is also in {Path(refs[name].file).name}")
-            if info.dtype not in DTYPES:
+            if info.dtype not in dtypes:
                 raise InvalidInput(path, f"tensor '{name}' has dtype {info.dtype}; weights must "
-                                         f"be one of {', '.join(DTYPES)}")
-            refs[name] = WeightRef(name, DTYPES[info.dtype], info.shape, str(path), name,
+                                         f"be one of {', '.join(dtypes)}")
+            refs[name] = WeightRef(name, dtypes[info.dtype], info.shape, str(path), name,
                                    "safetensors")
         st.close()
     if index is not None:
@@ -96,19 +100,23 @@ def import_hf(path: Path, config: Path | None = None) -> Graph:
     config = config or folder / "config.json"
     if not config.is_file():
         raise InvalidInput(config, "config.json not found (pass one with --config)")
-    cfg = config_from_hf(read_json_object(config), config)
+    raw = read_json_object(config)
+    cfg, quant = config_from_hf(raw, config), quant_config_from_hf(raw, config)
     gen = folder / "generation_config.json"
     if not cfg.eos_token_ids and gen.is_file():
         eos = read_json_object(gen).get("eos_token_id")
         ids = eos if isinstance(eos, list) else [eos] if isinstance(eos, int) else []
         cfg = type(cfg).from_json({**cfg.to_json(), "eos_token_ids": ids})
-    refs = _weight_refs(files, index_or_none)
+    refs = _weight_refs(files, index_or_none, QUANT_DTYPES if quant else DTYPES)
     if cfg.tie_word_embeddings:
         refs.pop("lm_head.weight", None)
-    check_weights(cfg, refs, str(config))
+    if not quant:
+        check_weights(cfg, refs, str(config))
     tok = folder / "tokenizer.json"
     meta = {"sources": [str(config)] + [str(f) for f in files],
             "tokenizer": read_tokenizer(tok) if tok.is_file() else None}
     if tok.is_file():
         meta["sources"].append(str(tok))
+    if quant:   # GPTQ / AWQ: decoder linears become qlinear nodes
+        return import_quantized(cfg, quant, refs, str(config), meta)
     return build_graph(cfg, refs, meta)

@@ -1,0 +1,109 @@
+"""Perplexity, time and peak memory of each quantization scheme on one model.
+
+    python bench/quantize_quality.py [--model smollm2] [--text bench/eval.txt]
+        [--calib-samples 32] [--calib-seq-len 256] [--context 512] [--stride 256]
+        [--max-tokens N] [--schemes fp,int8,rtn4,gptq4,awq4,w8a8] [--out results.md]
+
+Each scheme runs in its own process (so peak RSS is its own): import, the scheme's passes,
+save, then perplexity over the evaluation text. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+SCHEMES = {
+    "fp": [],
+    "int8": ["quantize-rtn:bits=8,group_size=0,sym=true"],
+    "rtn4": ["quantize-rtn:bits=4,group_size=128"],
+    "gptq4": ["gptq:bits=4,group_size=128,act_order=true"],
+    "awq4": ["awq:bits=4,group_size=128"],
+    "w8a8": ["smoothquant:alpha=0.5"],
+}
+LABELS = {"fp": "FP (dequantized Q4_1 source)", "int8": "RTN int8 per-channel",
+          "rtn4": "RTN int4 g128 asym", "gptq4": "GPTQ int4 g128 asym act-order",
+          "awq4": "AWQ int4 g128 asym", "w8a8": "SmoothQuant W8A8 (alpha 0.5)"}
+
+
+def run_one(args: argparse.Namespace, scheme: str) -> dict:
+    """In a child process: build the scheme's artifact and measure it."""
+    import tempfile
+    from pathlib import Path
+
+    import optimizer
+    from optimizer.evaluate import perplexity, read_text, tokenize_text
+
+    calibrated = ("gptq", "awq", "smoothquant")
+    specs = ["dce"]
+    for s in SCHEMES[scheme]:
+        if s.split(":")[0] in calibrated:
+            s += (f",calib_samples={args.calib_samples},calib_seq_len={args.calib_seq_len}"
+                  + (f",calib={args.calib}" if args.calib else ""))
+        specs.append(s)
+    start = time.perf_counter()
+    graph = optimizer.PassManager(specs).run(optimizer.import_model(args.model))
+    with tempfile.TemporaryDirectory() as tmp:
+        out = optimizer.save(graph, Path(tmp) / "a")
+        build_s = time.perf_counter() - start
+        size = sum(f.stat().st_size for f in Path(out).iterdir())
+        rt = optimizer.runtime.load(out)
+        ids = tokenize_text(rt, read_text(Path(args.text)))
+        if args.max_tokens:
+            ids = ids[: args.max_tokens]
+        t = time.perf_counter()
+        res = perplexity(rt, ids, context=args.context, stride=args.stride)
+        eval_s = time.perf_counter() - t
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024   # MiB (Linux: KiB)
+    return {"scheme": scheme, "ppl": res.ppl, "tokens": res.n_tokens, "build_s": build_s,
+            "eval_s": eval_s, "peak_rss_mib": peak, "artifact_mib": size / 2**20}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--model", default="smollm2")
+    p.add_argument("--text", default="bench/eval.txt")
+    p.add_argument("--calib", default="")
+    p.add_argument("--calib-samples", type=int, default=32)
+    p.add_argument("--calib-seq-len", type=int, default=256)
+    p.add_argument("--context", type=int, default=512)
+    p.add_argument("--stride", type=int, default=256)
+    p.add_argument("--max-tokens", type=int, default=0)
+    p.add_argument("--schemes", default=",".join(SCHEMES))
+    p.add_argument("--child", default="")
+    p.add_argument("--out", default="")
+    args = p.parse_args()
+    if args.child:
+        print(json.dumps(run_one(args, args.child)))
+        return
+    rows = []
+    for scheme in args.schemes.split(","):
+        cmd = [sys.executable, __file__, "--child", scheme] + [
+            a for a in sys.argv[1:] if not a.startswith("--schemes")]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            print(f"{scheme}: FAILED\n{proc.stderr[-2000:]}", file=sys.stderr)
+            continue
+        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        print(f"{scheme}: ppl {rows[-1]['ppl']:.4f}", file=sys.stderr)
+    base = next((r["ppl"] for r in rows if r["scheme"] == "fp"), None)
+    lines = ["| scheme | perplexity | vs FP | build s | eval s | peak RSS MiB | artifact MiB |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        rel = f"{(r['ppl'] / base - 1) * 100:+.2f}%" if base else "-"
+        lines.append(f"| {LABELS[r['scheme']]} | {r['ppl']:.4f} | {rel} | {r['build_s']:.0f} "
+                     f"| {r['eval_s']:.0f} | {r['peak_rss_mib']:.0f} | "
+                     f"{r['artifact_mib']:.1f} |")
+    table = "\n".join(lines)
+    print(table)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
