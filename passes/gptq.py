@@ -57,11 +57,12 @@ def gptq(graph: Graph, opts: GptqOptions) -> Graph:
     """GPTQ: Hessian-aware quantization with calibration data (bits, group_size, act_order)."""
     samples = calibration_samples(graph, opts)
     stream = LayerStream(graph, samples)
-    store, scratch = WeightStore(), ScratchDir()
+    scratch = ScratchDir()
     index = {id(n): i for i, n in enumerate(graph.nodes)}
     new_nodes, new_weights, per_linear = {}, {}, {}
     units = stream.units(opts.quantize_lm_head)
     for unit in progress(units, len(units), "gptq layers"):
+        store = WeightStore()   # per layer: the previous layer's file maps are released
         weights = stream.layer_weights(unit, store)
         for name, t in weights.items():
             check_finite(graph.weights[name], t)
