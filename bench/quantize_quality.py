@@ -82,8 +82,10 @@ def main() -> None:
         return
     rows = []
     for scheme in args.schemes.split(","):
-        cmd = [sys.executable, __file__, "--child", scheme] + [
-            a for a in sys.argv[1:] if not a.startswith("--schemes")]
+        cmd = [sys.executable, __file__, "--child", scheme]
+        for key in ("model", "text", "calib", "calib_samples", "calib_seq_len", "context",
+                    "stride", "max_tokens"):
+            cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             print(f"{scheme}: FAILED\n{proc.stderr[-2000:]}", file=sys.stderr)

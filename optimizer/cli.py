@@ -70,12 +70,14 @@ def cli() -> None:
               "GPTQ / AWQ checkpoint directory other tools load.")
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]),
               help="Store the remaining float weights in this dtype.")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Where GPTQ's "
+              "quantization math runs (default cpu).")
 @click.option("--dump-ir", type=click.Path(path_type=Path), help="Write the IR after each "
               "pass into this directory.")
 def build(model: str, output: Path, config: Path | None, passes: tuple[str, ...], int4: bool,
           int8: bool, calib: Path | None, calib_samples: int | None,
           calib_seq_len: int | None, quantize_lm_head: bool, fmt: str, dtype: str | None,
-          dump_ir: Path | None) -> None:
+          device: str | None, dump_ir: Path | None) -> None:
     """Import MODEL, run the passes, write the artifact to OUTPUT."""
     from optimizer import PassManager, import_model, save
     from optimizer.pipelines import BuildRequest, build_pipeline
@@ -83,7 +85,7 @@ def build(model: str, output: Path, config: Path | None, passes: tuple[str, ...]
     start = time.perf_counter()
     specs = build_pipeline(BuildRequest(
         passes, int4, int8, dtype, str(calib) if calib else None, calib_samples,
-        calib_seq_len, quantize_lm_head))
+        calib_seq_len, quantize_lm_head, device))
     manager = PassManager(specs, dump_ir=dump_ir, log=_log)
     graph = import_model(model, config=config)
     _log(f"imported {graph.meta['model']['family']}: {len(graph.nodes)} nodes, "

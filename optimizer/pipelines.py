@@ -32,6 +32,7 @@ class BuildRequest:
     calib_samples: int | None = None
     calib_seq_len: int | None = None
     quantize_lm_head: bool = False
+    device: str | None = None             # where gptq's math runs ("cuda")
 
 
 def _with_options(spec: str, extra: dict[str, object]) -> str:
@@ -60,6 +61,8 @@ def build_pipeline(req: BuildRequest) -> list[str]:
             spec = _with_options(spec, calib)
         if name in QUANTIZING and req.quantize_lm_head:
             spec = _with_options(spec, {"quantize_lm_head": True})
+        if name == "gptq" and req.device:
+            spec = _with_options(spec, {"device": req.device})
         out.append(spec)
     if any(v is not None for v in calib.values()) and not any(
             parse_pass_spec(s)[0] in CALIBRATED for s in out):

@@ -1,5 +1,8 @@
 """The GPTQ pass: calibrated int4/int8/int3 weight quantization, one decoder layer at a time.
 
+With ``device=cuda`` the Hessians and the solver run on the GPU; the layer forwards that
+produce the activations stay on the CPU reference interpreter.
+
 For each decoder layer, in true-sequential order (q/k/v, then o, then gate/up, then down:
 linears that read the same activation share one Hessian), the calibration activations are
 run through the layer with the already-quantized weights, H = 2 X^T X / n is accumulated,
@@ -33,10 +36,15 @@ class GptqOptions(CalibOptions, QuantScheme):
     damp: float = 0.01
     block_size: int = 128
     quantize_lm_head: bool = False
+    device: str = "cpu"     # where the Hessians and the solver run ("cuda": a GPU)
 
     def __post_init__(self) -> None:
         QuantScheme.__post_init__(self)
         CalibOptions.__post_init__(self)
+        if self.device not in ("cpu", "cuda"):
+            raise ValueError(f"device: expected cpu or cuda, got {self.device!r}")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device: cuda was asked for but no CUDA GPU is available")
         if not 0 < self.damp <= 1:
             raise ValueError(f"damp: expected a float in (0, 1], got {self.damp}")
         if self.block_size < 1:
@@ -69,10 +77,10 @@ def gptq(graph: Graph, opts: GptqOptions) -> Graph:
         tensors = {}
         for inp, members in input_groups(graph, stream.nodes(unit), opts.quantize_lm_head):
             k = graph.weights[members[0].weight("weight")].shape[1]
-            acc = {"h": torch.zeros(k, k, dtype=torch.float64), "rows": 0}
+            acc = {"h": torch.zeros(k, k, dtype=torch.float64, device=opts.device), "rows": 0}
 
             def visit(env: dict[str, torch.Tensor], inp: str = inp, acc: dict = acc) -> None:
-                x = env[inp].reshape(-1, env[inp].shape[-1]).double()
+                x = env[inp].reshape(-1, env[inp].shape[-1]).to(opts.device, torch.float64)
                 acc["h"] += x.T @ x
                 acc["rows"] += x.shape[0]
 
@@ -80,8 +88,9 @@ def gptq(graph: Graph, opts: GptqOptions) -> Graph:
             h = (acc["h"] * (2.0 / acc["rows"])).float()
             for node in members:
                 wname = node.weight("weight")
-                r = solve(weights[wname], h, opts.bits, opts.group_size, opts.sym,
-                          opts.act_order, opts.static_groups, opts.damp, opts.block_size)
+                r = solve(weights[wname].to(opts.device), h, opts.bits, opts.group_size,
+                          opts.sym, opts.act_order, opts.static_groups, opts.damp,
+                          opts.block_size).to("cpu")
                 weights[wname] = r.deq       # later groups see the quantized weight
                 prefix = wname.removesuffix(".weight")
                 tensors[prefix] = pack(r.codes, r.scales, r.zeros, opts, r.g_idx)

@@ -33,13 +33,19 @@ class GptqResult:
     rel_error: float              # sqrt(tr(dW H dW^T) / tr(W H W^T)): relative output error
     info: dict = field(default_factory=dict)   # damp raises, fallback
 
+    def to(self, device: str) -> "GptqResult":
+        move = (lambda t: t.to(device) if t is not None else None)
+        return GptqResult(move(self.codes), move(self.scales), move(self.zeros),
+                          move(self.g_idx), move(self.deq), self.rel_error, self.info)
+
 
 def _inverse_factor(h: torch.Tensor, damp: float, info: dict) -> torch.Tensor | None:
     """Upper Cholesky factor of (H + damping)^-1, raising the damping as needed."""
     mean = float(torch.diag(h).mean())
     d = damp
     while d <= 1.0 + 1e-9:
-        hd = h.double() + d * mean * torch.eye(h.shape[0], dtype=torch.float64)
+        hd = h.double() + d * mean * torch.eye(h.shape[0], dtype=torch.float64,
+                                                 device=h.device)
         lower, bad = torch.linalg.cholesky_ex(hd)
         if int(bad) == 0:
             inv = torch.cholesky_inverse(lower)
@@ -66,8 +72,11 @@ def gptq(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, sym: bool
     gs = group_size or k
     static = None
     if static_groups and group_size:
-        static = [scale_zero(w[:, g * gs:(g + 1) * gs], bits, sym) for g in range(n_groups(k, gs))]
-    perm = torch.argsort(torch.diag(h), descending=True) if act_order else torch.arange(k)
+        static = [scale_zero(w[:, g * gs:(g + 1) * gs], bits, sym)
+                  for g in range(n_groups(k, gs))]
+    dev = w.device
+    perm = (torch.argsort(torch.diag(h), descending=True) if act_order
+            else torch.arange(k, device=dev))
     w, h = w[:, perm], h[perm][:, perm]
     hinv = _inverse_factor(h, damp, info)
     if hinv is None:   # fall back to round-to-nearest, reported
@@ -76,9 +85,9 @@ def gptq(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, sym: bool
         deq = rtn_dequantized(codes, scales, zeros, group_size)
         return GptqResult(codes, scales, zeros, None, deq,
                           relative_output_error(w0, deq, h0), info)
-    codes = torch.empty(n, k, dtype=torch.int64)
-    col_scale = torch.empty(n, k)
-    col_zero = torch.empty(n, k)
+    codes = torch.empty(n, k, dtype=torch.int64, device=dev)
+    col_scale = torch.empty(n, k, device=dev)
+    col_zero = torch.empty(n, k, device=dev)
     s = z = None
     if not group_size:
         s, z = scale_zero(w, bits, sym)
@@ -105,13 +114,15 @@ def gptq(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, sym: bool
     inv = torch.argsort(perm)
     codes, col_scale, col_zero = codes[:, inv], col_scale[:, inv], col_zero[:, inv]
     if act_order and group_size and static is None:
-        g_idx = (torch.arange(k) // gs)[inv]            # group = rank in the act order // gs
+        g_idx = (torch.arange(k, device=dev) // gs)[inv]   # rank in the act order // gs
     else:
-        g_idx = torch.arange(k) // gs if group_size else torch.zeros(k, dtype=torch.int64)
+        g_idx = (torch.arange(k, device=dev) // gs if group_size
+                 else torch.zeros(k, dtype=torch.int64, device=dev))
     groups = n_groups(k, group_size)
     first = torch.full((groups,), -1, dtype=torch.int64)   # one column of each group
-    for col in range(k - 1, -1, -1):
-        first[g_idx[col]] = col
+    for col, g in reversed(list(enumerate(g_idx.tolist()))):
+        first[g] = col
+    first = first.to(dev)
     scales, zeros = col_scale[:, first], col_zero[:, first]
     deq = dequantize(codes, scales[:, g_idx], zeros[:, g_idx])
     return GptqResult(codes, scales, zeros,
