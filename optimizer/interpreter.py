@@ -43,7 +43,9 @@ class KVCache:
         return self.k[layer][:need], self.v[layer][:need]
 
 
-OpFn = Callable[["Interpreter", Node, list[torch.Tensor]], torch.Tensor]
+# An op's result: one tensor, or a tuple with one tensor per output (split, add_rms_norm).
+OpFn = Callable[["Interpreter", Node, list[torch.Tensor]],
+                torch.Tensor | tuple[torch.Tensor, ...]]
 
 
 def _linear(ex: "Interpreter", node: Node, xs: list[torch.Tensor]) -> torch.Tensor:
@@ -68,11 +70,43 @@ def _qlinear_w8a8(ex: "Interpreter", node: Node, xs: list[torch.Tensor]) -> torc
                        _opt(ex, node, "bias"))
 
 
-def _rope(ex: "Interpreter", node: Node, xs: list[torch.Tensor]) -> torch.Tensor:
+def _freqs(ex: "Interpreter", node: Node) -> torch.Tensor:
     key = (node.attr("head_dim"), node.attr("theta"), node.attr("scaling"))
     if key not in ex.freqs:
         ex.freqs[key] = inv_freq(key[0], key[1], dict(key[2]) if key[2] else None)
-    return rope(xs[0], xs[1], ex.freqs[key])
+    return ex.freqs[key]
+
+
+def _rope(ex: "Interpreter", node: Node, xs: list[torch.Tensor]) -> torch.Tensor:
+    return rope(xs[0], xs[1], _freqs(ex, node))
+
+
+def _split(ex: "Interpreter", node: Node, xs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """x [T, sum(sizes)] -> consecutive column slices (copied: later ops see the same
+    contiguous tensors the unfused projections produced)."""
+    return tuple(p.contiguous() for p in torch.split(xs[0], list(node.attr("sizes")), -1))
+
+
+def _silu_mul(ex: "Interpreter", node: Node, xs: list[torch.Tensor]) -> torch.Tensor:
+    """x [T, 2F] -> silu(x[:, :F]) * x[:, F:], elementwise as silu + mul."""
+    f = xs[0].shape[-1] // 2
+    return torch.nn.functional.silu(xs[0][..., :f]) * xs[0][..., f:]
+
+
+def _add_rms_norm(ex: "Interpreter", node: Node,
+                  xs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(s, rms_norm(s)) with s = x + y."""
+    s = xs[0] + xs[1]
+    return s, rms_norm(s, ex.w(node.weight("weight")), node.attr("eps"))
+
+
+def _rope_qk(ex: "Interpreter", node: Node, xs: list[torch.Tensor]) -> torch.Tensor:
+    """x [T, (Hq + 2 Hk) D]: RoPE on the q and k heads (the first Hq + Hk; RoPE acts on
+    each head alone, so one call covers both), the v columns passed through."""
+    x, pos = xs
+    qk = (node.attr("n_heads") + node.attr("n_kv_heads")) * node.attr("head_dim")
+    rot = rope(x[:, :qk].contiguous(), pos, _freqs(ex, node))
+    return torch.cat([rot, x[:, qk:]], dim=-1)
 
 
 def _attention(ex: "Interpreter", node: Node, xs: list[torch.Tensor]) -> torch.Tensor:
@@ -98,6 +132,11 @@ OPS: dict[str, OpFn] = {
     "silu": lambda ex, n, xs: torch.nn.functional.silu(xs[0]),
     "mul": lambda ex, n, xs: xs[0] * xs[1],
     "add": lambda ex, n, xs: xs[0] + xs[1],
+    "split": _split,
+    "silu_mul": _silu_mul,
+    "silu_mul2": lambda ex, n, xs: torch.nn.functional.silu(xs[0]) * xs[1],
+    "add_rms_norm": _add_rms_norm,
+    "rope_qk": _rope_qk,
 }
 
 
@@ -149,8 +188,10 @@ class Interpreter:
                 last_use[name] = i
         produced: set[str] = set()
         for i, node in enumerate(nodes):
-            env[node.outputs[0]] = OPS[node.op](self, node, [env[n] for n in node.inputs])
-            produced.add(node.outputs[0])
+            out = OPS[node.op](self, node, [env[n] for n in node.inputs])
+            for name, t in zip(node.outputs, out if isinstance(out, tuple) else (out,)):
+                env[name] = t
+            produced.update(node.outputs)
             for name in node.inputs:
                 if last_use.get(name) == i and name in produced and name not in keep:
                     env.pop(name, None)

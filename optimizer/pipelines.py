@@ -5,7 +5,8 @@ Phases, and why in this order:
 2. quantization (gptq / quantize-rtn / awq / smoothquant): needs the float weights and, for
    the calibrated passes, the whole float graph to run calibration data through;
 3. storage (cast-weights): last, so quantization works from the source precision; it only
-   changes the float weights that remain (norms, embeddings, lm_head).
+   changes the float weights that remain (norms, embeddings, lm_head);
+4. fusion (`CUDA_FUSION`, for fused-kernel backends): after all of the above (see below).
 """
 
 from __future__ import annotations
@@ -20,6 +21,15 @@ INT4 = "gptq:bits=4,group_size=128,act_order=true"   # GPTQ int4 g128, desc_act
 INT8 = "quantize-rtn:bits=8,group_size=0,sym=true"    # weight-only int8, per channel
 CALIBRATED = ("gptq", "awq", "smoothquant")
 QUANTIZING = ("quantize-rtn",) + CALIBRATED
+
+# 4. fusion, for backends with fused kernels (CUDA); not wired into the CLI yet. After
+#    quantization and cast-weights: the quantizing and smoothing passes look for single
+#    `linear` nodes and for rms_norm -> linear sites (scale_fold), which fusion would hide,
+#    and fusion stacks whatever tensors those phases produced (qlinear, qlinear_w8a8, cast
+#    floats). Within the phase: fuse-qkv before fuse-rope-qk, which matches the split
+#    fuse-qkv emits; fuse-gate-up and fuse-add-rmsnorm touch disjoint nodes (mlp; norms),
+#    add-rmsnorm last so every rms_norm it sees is final.
+CUDA_FUSION = ["fuse-qkv", "fuse-rope-qk", "fuse-gate-up", "fuse-add-rmsnorm"]
 
 
 @dataclass(frozen=True)

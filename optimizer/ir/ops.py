@@ -21,6 +21,20 @@ qlinear_w8a8 x [T, K]                    qweight int8     [T, N]   W8A8, dynamic
 silu         x                           -                x * sigmoid(x)
 mul, add     x, y (same shape)           -                elementwise
 ===========  ==========================  ===============  ===============================
+
+Fused ops (made by the fusion passes, ``passes/fuse_*.py``; several outputs where noted):
+
+============  =========================  ==========  ======================================
+op            inputs                     weights     outputs
+============  =========================  ==========  ======================================
+split         x [T, sum(sizes)]          -           one [T, s] per s in attr ``sizes``,
+                                                     consecutive column slices of x
+silu_mul      x [T, 2F]                  -           [T, F] silu(x[:, :F]) * x[:, F:]
+silu_mul2     a, b [T, F]                -           [T, F] silu(a) * b (no concatenation)
+add_rms_norm  x, y (same shape [T, H])   weight [H]  s = x + y [T, H], rms_norm(s) [T, H]
+rope_qk       x [T, (Hq + 2 Hk) D],      -           [T, (Hq + 2 Hk) D]: RoPE on the first
+              positions int64[T]                     (Hq + Hk) heads (q, k), v unchanged
+============  =========================  ==========  ======================================
 """
 
 from __future__ import annotations
@@ -42,12 +56,13 @@ def _need(cond: bool, message: str) -> None:
         raise OpError(message)
 
 
-def _arity(node: Node, n_in: int, roles: set[str], optional: set[str] = frozenset()) -> None:
+def _arity(node: Node, n_in: int, roles: set[str], optional: set[str] = frozenset(),
+           n_out: int = 1) -> None:
     _need(len(node.inputs) == n_in, f"expects {n_in} inputs, has {len(node.inputs)}")
     have = {r for r, _ in node.weights}
     _need(roles <= have <= roles | optional,
           f"expects weights {sorted(roles)} (optional {sorted(optional)}), has {sorted(have)}")
-    _need(len(node.outputs) == 1, f"expects 1 output, has {len(node.outputs)}")
+    _need(len(node.outputs) == n_out, f"expects {n_out} output(s), has {len(node.outputs)}")
 
 
 def _embedding(node: Node, ins: list[Value], w: dict[str, WeightRef]) -> list[Signature]:
@@ -150,6 +165,48 @@ def _binary(node: Node, ins: list[Value], w: dict[str, WeightRef]) -> list[Signa
     return [(ins[0].dtype, ins[0].shape)]
 
 
+def _split(node: Node, ins: list[Value], w: dict[str, WeightRef]) -> list[Signature]:
+    sizes = node.attr("sizes")
+    _need(isinstance(sizes, tuple) and len(sizes) > 0
+          and all(isinstance(s, int) and s > 0 for s in sizes),
+          f"sizes must be a non-empty tuple of positive ints, got {sizes!r}")
+    _arity(node, 1, set(), n_out=len(sizes))
+    x = ins[0]
+    _need(x.shape[-1] == sum(sizes), f"sizes {sizes} do not add up to the width of {x}")
+    return [(x.dtype, (*x.shape[:-1], s)) for s in sizes]
+
+
+def _silu_mul(node: Node, ins: list[Value], w: dict[str, WeightRef]) -> list[Signature]:
+    _arity(node, 1, set())
+    x = ins[0]
+    _need(isinstance(x.shape[-1], int) and x.shape[-1] % 2 == 0,
+          f"input {x} must have an even width [T, 2F]")
+    return [(x.dtype, (*x.shape[:-1], x.shape[-1] // 2))]
+
+
+def _add_rms_norm(node: Node, ins: list[Value], w: dict[str, WeightRef]) -> list[Signature]:
+    _arity(node, 2, {"weight"}, n_out=2)
+    x, y = ins
+    _need(x.shape == y.shape and x.dtype == y.dtype, f"operands differ: {x} vs {y}")
+    _need(w["weight"].shape == (x.shape[-1],),
+          f"weight {w['weight'].shape} does not match input {x}")
+    _need(node.attr("eps") is not None, "missing attribute eps")
+    return [(x.dtype, x.shape), (x.dtype, x.shape)]
+
+
+def _rope_qk(node: Node, ins: list[Value], w: dict[str, WeightRef]) -> list[Signature]:
+    _arity(node, 2, set())
+    x, pos = ins
+    hq, hk, d = node.attr("n_heads"), node.attr("n_kv_heads"), node.attr("head_dim")
+    _need(all(isinstance(a, int) and a > 0 for a in (hq, hk, d)) and d % 2 == 0,
+          f"n_heads/n_kv_heads/head_dim must be positive ints with even head_dim, "
+          f"got {hq}/{hk}/{d}")
+    _need(x.shape[-1] == (hq + 2 * hk) * d,
+          f"input {x} is not (n_heads + 2*n_kv_heads)*head_dim = {(hq + 2 * hk) * d} wide")
+    _need(pos.dtype == "int64" and pos.shape == x.shape[:1], f"positions {pos} vs input {x}")
+    return [(x.dtype, x.shape)]
+
+
 OPS: dict[str, Rule] = {
     "embedding": _embedding,
     "rms_norm": _rms_norm,
@@ -161,4 +218,9 @@ OPS: dict[str, Rule] = {
     "silu": _unary,
     "mul": _binary,
     "add": _binary,
+    "split": _split,
+    "silu_mul": _silu_mul,
+    "silu_mul2": _binary,
+    "add_rms_norm": _add_rms_norm,
+    "rope_qk": _rope_qk,
 }
