@@ -34,7 +34,7 @@ class KVCache:
         if layer not in self.k or self.k[layer].shape[0] < need:
             size = max(256, need, 2 * (self.k[layer].shape[0] if layer in self.k else 0))
             for store, new in ((self.k, k), (self.v, v)):
-                buf = torch.zeros(size, new.shape[1], dtype=new.dtype)
+                buf = torch.zeros(size, new.shape[1], dtype=new.dtype, device=new.device)
                 if layer in store:
                     buf[: store[layer].shape[0]] = store[layer]
                 store[layer] = buf
@@ -73,7 +73,8 @@ def _qlinear_w8a8(ex: "Interpreter", node: Node, xs: list[torch.Tensor]) -> torc
 def _freqs(ex: "Interpreter", node: Node) -> torch.Tensor:
     key = (node.attr("head_dim"), node.attr("theta"), node.attr("scaling"))
     if key not in ex.freqs:
-        ex.freqs[key] = inv_freq(key[0], key[1], dict(key[2]) if key[2] else None)
+        ex.freqs[key] = inv_freq(key[0], key[1], dict(key[2]) if key[2] else None).to(
+            ex.device)
     return ex.freqs[key]
 
 
@@ -143,12 +144,14 @@ OPS: dict[str, OpFn] = {
 class Interpreter:
     """Executes ``graph`` given its weights as tensors (loaded once, upcast to float32)."""
 
-    def __init__(self, graph: Graph, weights: Mapping[str, torch.Tensor]) -> None:
+    def __init__(self, graph: Graph, weights: Mapping[str, torch.Tensor],
+                 device: str = "cpu") -> None:
         missing = [n.op for n in graph.nodes if n.op not in OPS]
         if missing:
             raise NotImplementedError(f"no reference kernel for ops {sorted(set(missing))}")
         self.graph = graph
         self.source = weights           # may load lazily (a Mapping with __missing__)
+        self.device = torch.device(device)
         self.weights: dict[str, torch.Tensor] = {}
         self.freqs: dict[tuple, torch.Tensor] = {}
         self.cache = KVCache()
@@ -159,7 +162,7 @@ class Interpreter:
         t = self.weights.get(name)
         if t is None:
             t = self.source[name]
-            t = t.float() if t.is_floating_point() else t
+            t = (t.float() if t.is_floating_point() else t).to(self.device)
             self.weights[name] = t
         return t
 
@@ -171,7 +174,8 @@ class Interpreter:
              seqs: torch.Tensor | None = None) -> torch.Tensor:
         """Run tokens [T] at positions [T] of sequences ``seqs`` [T] (default: all 0),
         extending their caches; returns logits [T, V]."""
-        env = {"tokens": tokens, "positions": positions}
+        env = {"tokens": tokens.to(self.device), "positions": positions.to(self.device)}
+        seqs = seqs.to(self.device) if seqs is not None else None
         self.run_nodes(self.graph.nodes, env, seqs, keep=set(self.graph.outputs))
         return env[self.graph.outputs[0]].float()
 
@@ -181,7 +185,8 @@ class Interpreter:
         """Execute ``nodes`` in order over ``env`` (value name -> tensor), adding their
         outputs; intermediate values not in ``keep`` are freed after their last use."""
         first = next(iter(env.values()))
-        self.seqs = seqs if seqs is not None else torch.zeros(first.shape[0], dtype=torch.int64)
+        self.seqs = seqs if seqs is not None else torch.zeros(
+            first.shape[0], dtype=torch.int64, device=first.device)
         last_use = {}
         for i, node in enumerate(nodes):
             for name in node.inputs:

@@ -19,7 +19,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Te
     rep = n_heads // n_kv_heads
     kh = k.view(s, n_kv_heads, d).transpose(0, 1).repeat_interleave(rep, 0)   # [Hq, S, D]
     vh = v.view(s, n_kv_heads, d).transpose(0, 1).repeat_interleave(rep, 0)
-    k_pos = torch.arange(s)
+    k_pos = torch.arange(s, device=q.device)
     allowed = k_pos[None, :] <= q_pos[:, None]                                 # [T, S]
     if window is not None:
         allowed &= (q_pos[:, None] - k_pos[None, :]) < window

@@ -23,11 +23,11 @@ def pack_bits(q: torch.Tensor, bits: int) -> torch.Tensor:
     n, k = q.shape
     if bits == 8:
         return q.to(torch.uint8)
-    shifts = torch.arange(bits, dtype=torch.int64)
+    shifts = torch.arange(bits, dtype=torch.int64, device=q.device)
     stream = ((q.to(torch.int64)[..., None] >> shifts) & 1).reshape(n, k * bits)
     pad = packed_width(k, bits) * 8 - k * bits
     stream = torch.nn.functional.pad(stream, (0, pad)).reshape(n, -1, 8)
-    return (stream << torch.arange(8)).sum(-1).to(torch.uint8)
+    return (stream << torch.arange(8, device=q.device)).sum(-1).to(torch.uint8)
 
 
 def unpack_bits(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
@@ -35,9 +35,10 @@ def unpack_bits(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
     if bits == 8:
         return packed.to(torch.int64)
     n = packed.shape[0]
-    stream = ((packed.to(torch.int64)[..., None] >> torch.arange(8)) & 1).reshape(n, -1)
+    bit = torch.arange(8, device=packed.device)
+    stream = ((packed.to(torch.int64)[..., None] >> bit) & 1).reshape(n, -1)
     codes = stream[:, : k * bits].reshape(n, k, bits)
-    return (codes << torch.arange(bits)).sum(-1)
+    return (codes << torch.arange(bits, device=packed.device)).sum(-1)
 
 
 def group_index(k: int, group_size: int) -> torch.Tensor:
@@ -49,7 +50,7 @@ def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor 
                g_idx: torch.Tensor | None, bits: int, group_size: int, k: int) -> torch.Tensor:
     """Float32 [N, K] weight from packed codes, scales [N, G], zeros [N, G] or None."""
     q = unpack_bits(qweight, bits, k).float()
-    g = (g_idx if g_idx is not None else group_index(k, group_size)).long()
+    g = (g_idx if g_idx is not None else group_index(k, group_size)).long().to(scales.device)
     s = scales.float()[:, g]                                         # [N, K]
     z = zeros.float()[:, g] if zeros is not None else float(1 << (bits - 1))
     return (q - z) * s
