@@ -187,11 +187,14 @@ class LayerStream:
 
     def run(self, layer: int | str, weights: dict[str, torch.Tensor], until: str | None = None,
             visit: Callable[[dict[str, torch.Tensor]], None] | None = None,
-            commit: bool = False) -> None:
-        """Run layer ``layer`` (up to the node producing ``until``, or all of it) over every
-        sample with ``weights`` (weight name -> tensor), calling ``visit(env)`` per chunk.
-        With ``commit`` the layer's outputs replace the stream's activations."""
-        nodes = self.nodes(layer)
+            commit: bool = False, nodes: tuple[Node, ...] | None = None,
+            keep: set[str] = frozenset()) -> None:
+        """Run layer ``layer`` (up to the node producing ``until``, or all of it; or the given
+        ``nodes``, e.g. a layer already rewritten) over every sample with ``weights``
+        (weight name -> tensor), calling ``visit(env)`` per chunk; values in ``keep`` stay
+        in env for it. With ``commit`` the last node's output replaces the stream's
+        activations."""
+        nodes = nodes if nodes is not None else self.nodes(layer)
         if until is not None:   # (an input from outside the layer needs no nodes run)
             stop = next((j for j, n in enumerate(nodes) if until in n.outputs), -1)
             nodes = nodes[: stop + 1]
@@ -199,14 +202,16 @@ class LayerStream:
         out_name = nodes[-1].outputs[0] if nodes else until
         for idx, env, seqs in self.batches():
             ex.reset()
-            ex.run_nodes(nodes, env, seqs, keep={out_name} | ({until} if until else set()))
+            ex.run_nodes(nodes, env, seqs,
+                         keep={out_name} | set(keep) | ({until} if until else set()))
             if visit:
                 visit(env)
             if commit:
                 sizes = [len(self.envs[i]["positions"]) for i in idx]
                 for i, part in zip(idx, env[out_name].split(sizes)):
-                    keep = {k: v for k, v in self.envs[i].items() if k in ("tokens", "positions")}
-                    self.envs[i] = {**keep, out_name: part}
+                    old = self.envs[i]
+                    self.envs[i] = {"tokens": old["tokens"], "positions": old["positions"],
+                                    out_name: part}
 
     def layer_weights(self, layer: int | str, store: WeightStore) -> dict[str, torch.Tensor]:
         """Float weights of one layer (loaded now; the only weights held in memory)."""
