@@ -1,0 +1,331 @@
+"""W4A16 GEMM kernels (kernels/w4a16): the layout against kernels/qlinear/reference.py (CPU,
+always runs), the Triton kernels against the float64 reference (GPU), and the same kernels
+through Triton's interpreter on CPU tensors (only with triton installed and
+TRITON_INTERPRET=1; the interpreter has no bf16 tl.dot, so those tests use fp16, and Triton
+3.6's interpreter fails on runtime loop bounds with numpy >= 2.3, so they skip there: run them
+with numpy 2.2, e.g. ``pip install --target /tmp/np22 numpy==2.2.6`` and
+``TRITON_INTERPRET=1 PYTHONPATH=/tmp/np22:. pytest tests/test_kernels_gpu.py``).
+
+Every check draws fresh random inputs (codes, scales, zeros, x, bias: never zeros; the seed
+is in the failure message), poisons the output with NaN before the launch, and bounds
+``||y - ref|| / ||ref||`` with ref in float64: 1e-2 for bf16 (weights rounded to bf16 at
+2^-9, output at 2^-9), 2e-3 for fp16 (2^-11).
+
+GPU run from the repo root: ``PYTHONPATH=. pytest -q tests/test_kernels_gpu.py``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import pytest
+import torch
+
+try:   # plain `kernels` first: `optimizer/__init__` pulls in importers the GPU box may lack
+    from kernels.qlinear.reference import dequantize as qlinear_dequantize
+    from kernels.qlinear.reference import pack_bits
+    from kernels.w4a16 import layout, reference
+except ImportError:
+    from optimizer.kernels.qlinear.reference import dequantize as qlinear_dequantize
+    from optimizer.kernels.qlinear.reference import pack_bits
+    from optimizer.kernels.w4a16 import layout, reference
+
+HAS_TRITON = importlib.util.find_spec("triton") is not None
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
+
+
+def _triton_gemm():
+    try:
+        from kernels.w4a16 import triton_gemm
+    except ImportError:
+        from optimizer.kernels.w4a16 import triton_gemm
+    return triton_gemm
+
+
+def _seed() -> int:
+    return int.from_bytes(os.urandom(4), "little")
+
+
+def random_w4(n: int, k: int, group: int, sym: bool, act_order: bool, seed: int,
+              device: str = "cpu") -> tuple[torch.Tensor, ...]:
+    """Storage tensors (qweight, scales, zeros, g_idx) of a random 4-bit linear [N, K]."""
+    gen = torch.Generator().manual_seed(seed)
+    groups = -(-k // group) if group > 0 else 1
+    codes = torch.randint(0, 16, (n, k), generator=gen)
+    scales = (torch.rand(n, groups, generator=gen) * 0.02 + 0.002).half()
+    zeros = None if sym else torch.randint(0, 16, (n, groups), generator=gen).to(torch.uint8)
+    g_idx = None
+    if act_order:   # GPTQ desc_act: groups follow a permutation of the input channels
+        perm = torch.randperm(k, generator=gen)
+        g_idx = torch.empty(k, dtype=torch.int64)
+        g_idx[perm] = torch.arange(k) // group
+    out = (pack_bits(codes, 4), scales, zeros, g_idx)
+    return tuple(t.to(device) if t is not None else None for t in out)
+
+
+# ---- layout (CPU, every CI run) ----------------------------------------------------------
+
+LAYOUT_CASES = [   # n, k, group, sym, act_order
+    (48, 576, 128, False, False),   # partial last group (64 of 128)
+    (40, 200, 64, True, False),     # partial, symmetric
+    (16, 256, 32, False, True),     # act-order
+    (24, 576, 128, True, True),     # act-order with a partial group
+    (8, 100, 0, False, False),      # one group per output channel
+    (8, 96, 16, False, False),      # group 16: padded to 32 rows through a permutation
+    (33, 4096, 128, False, False),
+]
+
+
+@pytest.mark.parametrize("n,k,group,sym,act_order", LAYOUT_CASES)
+def test_layout_dequantizes_exactly(n: int, k: int, group: int, sym: bool,
+                                    act_order: bool) -> None:
+    seed = _seed()
+    qw, s, z, g = random_w4(n, k, group, sym, act_order, seed)
+    want = qlinear_dequantize(qw, s, z, g, 4, group, k)             # float32 [N, K]
+    p = layout.prepare(qw, s, z, g, group, k)
+    kp = p["qweight"].shape[0] * 8
+    assert p["qweight"].dtype == torch.int32 and p["qweight"].shape[1] == n
+    gs = kp // p["sz"].shape[0]                                      # layout group size
+    assert p["sz"].dtype == torch.int32 and p["sz"].shape[1] == n
+    assert p["sz"].shape[0] >= s.shape[1]                            # padding groups past G
+    assert kp % layout.BLOCK == 0 and kp % gs == 0 and (gs in (32, 64) or gs % 128 == 0)
+    assert ("perm" in p) == (act_order or group % 32 != 0), seed
+    assert torch.equal(layout.dequantize(p, k), want), seed
+    assert torch.equal(reference.dequantize(qw, s, z, g, group, k), want), seed
+
+
+def test_layout_padding_rows_are_zero_weights() -> None:
+    """Act-order, K=576, group 128: groups 0-3 fill their 128 rows, group 4 has 64 members,
+    so layout rows [576, 640) are padding and must hold the zero point (weight exactly 0)."""
+    qw, s, z, g = random_w4(16, 576, 128, False, True, _seed())
+    p = layout.prepare(qw, s, z, g, 128, 576)
+    q = layout.layout_codes(p)                                       # [KP, N]
+    _, zeros = layout.scales_zeros(p)
+    assert q.shape[0] == 640 and p["perm"].shape == (640,)
+    assert torch.equal(q[576:], zeros[4].expand(64, -1))
+    assert torch.equal(p["perm"][:576].sort().values, torch.arange(576))
+
+
+def test_reference_linear_matches_float64() -> None:
+    seed = _seed()
+    qw, s, z, g = random_w4(64, 320, 64, False, True, seed)
+    x = torch.randn(5, 320, generator=torch.Generator().manual_seed(seed)).bfloat16()
+    bias = torch.randn(64).bfloat16()
+    y = reference.w4a16_linear(x, qw, s, z, g, bias, 64)
+    ref = reference.w4a16_linear_f64(x, qw, s, z, g, bias, 64)
+    assert y.dtype == torch.bfloat16
+    assert ((y.double() - ref).norm() / ref.norm()).item() < TOL[torch.bfloat16], seed
+
+
+# ---- shared check ------------------------------------------------------------------------
+
+def run_check(m: int, n: int, k: int, group: int, *, sym: bool = False,
+              act_order: bool = False, bias: bool = False, dtype: torch.dtype = torch.bfloat16,
+              device: str = "cuda", config=None, path: str = "auto",
+              x_scale: float = 1.0) -> torch.Tensor:
+    """One launch of w4a16_linear on fresh random inputs, checked against float64."""
+    tg = _triton_gemm()
+    seed = _seed()
+    qw, s, z, g = random_w4(n, k, group, sym, act_order, seed, device)
+    p = layout.prepare(qw, s, z, g, group, k)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    x = (torch.randn(m, k, generator=gen, device=device) * x_scale).to(dtype)
+    b = torch.randn(n, generator=gen, device=device).to(dtype) if bias else None
+    out = torch.full((m, n), float("nan"), dtype=dtype, device=device)
+    y = tg.w4a16_linear(x, p, b, out=out, config=config, path=path)
+    ref = reference.w4a16_linear_f64(x, qw, s, z, g, b, group)
+    what = (f"seed={seed} m={m} n={n} k={k} group={group} sym={sym} act={act_order} "
+            f"bias={bias} {dtype} {config} {path}")
+    assert y.data_ptr() == out.data_ptr(), what
+    assert not torch.isnan(y).any(), f"unwritten (NaN) outputs: {what}"
+    err = ((y.double() - ref).norm() / ref.norm()).item()
+    assert err < TOL[dtype], f"rel err {err:.3e}: {what}"
+    return y
+
+
+# ---- GPU ---------------------------------------------------------------------------------
+
+MS = [1, 3, 16, 33, 128, 512]
+
+
+class TestGPU:
+    pytestmark = [pytest.mark.gpu,
+                  pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+                  pytest.mark.skipif(not HAS_TRITON, reason="needs triton")]
+
+    @pytest.mark.parametrize("m", MS)
+    @pytest.mark.parametrize("k,n", [(576, 1536), (4096, 4096)])
+    def test_g128_asym(self, m: int, k: int, n: int) -> None:
+        run_check(m, n, k, 128)
+
+    @pytest.mark.parametrize("m", [1, 33, 512])
+    @pytest.mark.parametrize("group", [32, 64])
+    @pytest.mark.parametrize("sym", [False, True])
+    def test_groups(self, m: int, group: int, sym: bool) -> None:
+        run_check(m, 4096, 4096, group, sym=sym)
+
+    @pytest.mark.parametrize("m", [1, 16, 128, 512])
+    @pytest.mark.parametrize("k,n", [(576, 1536), (4096, 4096)])
+    def test_act_order_bias(self, m: int, k: int, n: int) -> None:
+        run_check(m, n, k, 128, act_order=True, bias=True)
+
+    @pytest.mark.parametrize("m", [1, 33, 512])
+    def test_fp16_sym_bias(self, m: int) -> None:
+        run_check(m, 1536, 576, 128, sym=True, bias=True, dtype=torch.float16)
+
+    @pytest.mark.parametrize("m", [5, 130, 512])
+    @pytest.mark.parametrize("variant", ["factored", "factored-split3", "dequant",
+                                         "dequant-split2", "wide", "cublas"])
+    @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+    def test_every_path(self, m: int, variant: str, dtype: torch.dtype) -> None:
+        """Each kernel variant on ragged sizes (N, M not tile multiples), act-order, bias."""
+        tg = _triton_gemm()
+        cfgs = {"factored": tg.GemmConfig(16, 64, 1, factored=True),
+                "factored-split3": tg.GemmConfig(32, 128, 3, factored=True),
+                "dequant": tg.GemmConfig(64, 64, 1, factored=False),
+                "dequant-split2": tg.GemmConfig(128, 128, 2, factored=False, num_warps=8,
+                                                num_stages=3),
+                "wide": tg.GemmConfig(256, 128, 1, factored=False, num_warps=8,
+                                      num_stages=3)}
+        path = "cublas" if variant == "cublas" else "fused"
+        run_check(m, 1000, 576, 64, act_order=True, bias=True, dtype=dtype,
+                  config=cfgs.get(variant), path=path)
+
+    @pytest.mark.parametrize("group", [32, 64, 256])
+    @pytest.mark.parametrize("factored", [False, True])
+    def test_group_sizes_per_tile(self, group: int, factored: bool) -> None:
+        """Groups smaller than a 128-row block (several per block) and larger (one group
+        over two blocks), K not a multiple of the group (padding groups)."""
+        tg = _triton_gemm()
+        run_check(7, 320, 1000, group, config=tg.GemmConfig(16, 64, 2, factored=factored))
+
+    def test_split_k_deterministic(self) -> None:
+        """The split-K reduction runs in a fixed order: equal inputs give equal bits."""
+        tg = _triton_gemm()
+        qw, s, z, g = random_w4(4096, 4096, 128, False, False, _seed(), "cuda")
+        p = layout.prepare(qw, s, z, g, 128, 4096)
+        x = torch.randn(4, 4096, device="cuda").bfloat16()
+        cfg = tg.GemmConfig(16, 64, 8, factored=True)
+        ys = [tg.w4a16_linear(x, p, config=cfg) for _ in range(3)]
+        assert all(torch.equal(ys[0], y) for y in ys[1:])
+        assert int(p["locks"].abs().sum()) == 0                     # counters left at zero
+
+    def test_auto_cublas_large_m(self) -> None:
+        tg = _triton_gemm()
+        run_check(tg.CUBLAS_MIN_M + 3, 256, 512, 128, bias=True)
+
+    @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+    def test_dequantize_t_exact(self, dtype: torch.dtype) -> None:
+        """The cuBLAS path's W^T: (q - z) * s in float32, rounded once to nearest."""
+        tg = _triton_gemm()
+        qw, s, z, g = random_w4(1000, 576, 64, False, True, _seed(), "cuda")
+        p = layout.prepare(qw, s, z, g, 64, 576)
+        wt = tg.dequantize_t(p, dtype)                               # [KP, N]
+        q = layout.layout_codes(p).float()
+        sc, zz = layout.scales_zeros(p)
+        rg = torch.arange(q.shape[0], device="cuda") // 64
+        assert torch.equal(wt, ((q - zz.float()[rg]) * sc.float()[rg]).to(dtype))
+
+    def test_3d_input(self) -> None:
+        tg = _triton_gemm()
+        qw, s, z, g = random_w4(256, 512, 128, False, False, _seed(), "cuda")
+        p = layout.prepare(qw, s, z, g, 128, 512)
+        x = torch.randn(2, 3, 512, device="cuda").bfloat16()
+        y = tg.w4a16_linear(x, p)
+        ref = reference.w4a16_linear_f64(x.reshape(6, 512), qw, s, z, g, None, 128)
+        assert y.shape == (2, 3, 256)
+        assert ((y.reshape(6, 256).double() - ref).norm() / ref.norm()).item() < 1e-2
+
+
+# ---- Triton interpreter (CPU) ------------------------------------------------------------
+
+def _interpreter_problem() -> str | None:
+    """Why the interpreter cannot run these kernels here, or None."""
+    if not (HAS_TRITON and INTERPRET):
+        return "needs triton and TRITON_INTERPRET=1"
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _loop(o_ptr, n):
+        acc = 0
+        for i in range(0, n):
+            acc += i
+        tl.store(o_ptr, acc)
+
+    try:
+        o = torch.zeros(1, dtype=torch.int32)
+        _loop[(1,)](o, 4)
+    except Exception as e:   # Triton 3.6's interpreter with numpy >= 2.3: loop bounds fail
+        return f"the Triton interpreter fails on runtime loop bounds here ({e!r:.80})"
+    return None
+
+
+INTERP_CASES = [   # m, n, k, group, act_order, bias, (block_m, block_n, split, factored)
+    (3, 48, 256, 128, False, False, (16, 32, 1, True)),
+    (3, 48, 576, 128, False, True, (16, 32, 2, True)),
+    (20, 40, 576, 128, True, True, (16, 32, 3, False)),
+    (20, 40, 576, 32, True, False, (16, 32, 2, True)),
+    (17, 64, 256, 32, False, True, (16, 32, 2, False)),
+    (33, 72, 320, 64, False, True, (32, 64, 1, False)),
+    (5, 40, 1000, 256, False, True, (16, 32, 4, True)),
+    (33, 72, 320, 64, False, False, (64, 64, 1, True)),
+]
+
+
+class TestInterpreter:
+    pytestmark = [pytest.mark.skipif(torch.cuda.is_available(), reason="GPU: TestGPU runs"),
+                  pytest.mark.skipif(not (HAS_TRITON and INTERPRET),
+                                     reason="needs triton and TRITON_INTERPRET=1")]
+
+    @pytest.fixture(autouse=True)
+    def _usable(self) -> None:
+        problem = _interpreter_problem()
+        if problem:
+            pytest.skip(problem)
+
+    @pytest.mark.parametrize("m,n,k,group,act_order,bias,c", INTERP_CASES)
+    def test_fused_fp16(self, m, n, k, group, act_order, bias, c) -> None:
+        tg = _triton_gemm()
+        cfg = tg.GemmConfig(c[0], c[1], c[2], factored=c[3])
+        run_check(m, n, k, group, act_order=act_order, bias=bias, dtype=torch.float16,
+                  device="cpu", config=cfg, path="fused")
+
+    @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+    def test_dequantize_t(self, dtype: torch.dtype) -> None:
+        tg = _triton_gemm()
+        qw, s, z, g = random_w4(40, 576, 128, False, True, _seed())
+        p = layout.prepare(qw, s, z, g, 128, 576)
+        wt = tg.dequantize_t(p, dtype)                               # [KP, N], layout rows
+        q = layout.layout_codes(p).float()
+        sc, zz = layout.scales_zeros(p)
+        rg = torch.arange(q.shape[0]) // 128
+        want = (q - zz.float()[rg]) * sc.float()[rg]
+        if dtype == torch.float16:
+            assert torch.equal(wt, want.half())
+        else:   # the interpreter rounds float32 -> bf16 toward zero, the GPU to nearest
+            assert ((wt.float() - want).abs() <= want.abs() * 2.0 ** -7).all()
+
+    def test_cublas_path_bf16(self) -> None:
+        run_check(5, 64, 192, 64, act_order=True, bias=True, device="cpu", path="cublas")
+
+    def test_bf16_magic_codes(self) -> None:
+        """The bf16 code trick (0x4300 | q == 128 + q) that the factored kernel feeds tl.dot."""
+        import triton
+        import triton.language as tl
+
+        @triton.jit
+        def _codes(o_ptr, IS_BF16: tl.constexpr):
+            i = tl.arange(0, 16)
+            if IS_BF16:
+                q = ((i & 15) | 0x4300).to(tl.int16).to(tl.bfloat16, bitcast=True)
+            else:
+                q = ((i & 15) | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+            tl.store(o_ptr + i, q.to(tl.float32))
+
+        for is_bf16, off in ((True, 128.0), (False, 1024.0)):
+            o = torch.empty(16)
+            _codes[(1,)](o, is_bf16)
+            assert torch.equal(o, torch.arange(16.0) + off)
