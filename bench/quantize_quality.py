@@ -41,6 +41,8 @@ def run_one(args: argparse.Namespace, scheme: str) -> dict:
     calibrated = ("gptq", "awq", "smoothquant")
     specs = ["dce"]
     for s in SCHEMES[scheme]:
+        if s.startswith("gptq") and args.device == "cuda":
+            s += ",device=cuda"
         if s.split(":")[0] in calibrated:
             s += (f",calib_samples={args.calib_samples},calib_seq_len={args.calib_seq_len}"
                   + (f",calib={args.calib}" if args.calib else ""))
@@ -51,7 +53,7 @@ def run_one(args: argparse.Namespace, scheme: str) -> dict:
         out = optimizer.save(graph, Path(tmp) / "a")
         build_s = time.perf_counter() - start
         size = sum(f.stat().st_size for f in Path(out).iterdir())
-        rt = optimizer.runtime.load(out)
+        rt = optimizer.runtime.load(out, device=args.device)
         ids = tokenize_text(rt, read_text(Path(args.text)))
         if args.max_tokens:
             ids = ids[: args.max_tokens]
@@ -74,24 +76,38 @@ def main() -> None:
     p.add_argument("--stride", type=int, default=256)
     p.add_argument("--max-tokens", type=int, default=0)
     p.add_argument("--schemes", default=",".join(SCHEMES))
+    p.add_argument("--device", default="cpu", help="runtime for the evaluation (and where "
+                   "GPTQ's math runs)")
+    p.add_argument("--parallel", type=int, default=1, help="schemes run at once")
     p.add_argument("--child", default="")
     p.add_argument("--out", default="")
     args = p.parse_args()
     if args.child:
         print(json.dumps(run_one(args, args.child)))
         return
-    rows = []
+    procs = []
     for scheme in args.schemes.split(","):
         cmd = [sys.executable, __file__, "--child", scheme]
         for key in ("model", "text", "calib", "calib_samples", "calib_seq_len", "context",
-                    "stride", "max_tokens"):
+                    "stride", "max_tokens", "device"):
             cmd += [f"--{key.replace('_', '-')}", str(getattr(args, key))]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        procs.append((scheme, cmd))
+    rows = []
+    running: list = []
+    while procs or running:
+        while procs and len(running) < args.parallel:
+            scheme, cmd = procs.pop(0)
+            running.append((scheme, subprocess.Popen(cmd, stdout=subprocess.PIPE,
+                                                     stderr=subprocess.PIPE, text=True)))
+        scheme, proc = running.pop(0)
+        out, err = proc.communicate()
         if proc.returncode != 0:
-            print(f"{scheme}: FAILED\n{proc.stderr[-2000:]}", file=sys.stderr)
+            print(f"{scheme}: FAILED\n{err[-2000:]}", file=sys.stderr)
             continue
-        rows.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-        print(f"{scheme}: ppl {rows[-1]['ppl']:.4f}", file=sys.stderr)
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+        print(f"{scheme}: ppl {rows[-1]['ppl']:.4f}", file=sys.stderr, flush=True)
+    order = args.schemes.split(",")
+    rows.sort(key=lambda r: order.index(r["scheme"]))
     base = next((r["ppl"] for r in rows if r["scheme"] == "fp"), None)
     lines = ["| scheme | perplexity | vs FP | build s | eval s | peak RSS MiB | artifact MiB |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]

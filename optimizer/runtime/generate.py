@@ -31,13 +31,13 @@ class Runtime:
         return self._tokenizer
 
     def logits(self, ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
-        """Logits [len(ids), vocab] float32 of a fresh sequence (the cache is reset)."""
+        """Logits [len(ids), vocab] float32 (a CPU tensor) of a fresh sequence (cache reset)."""
         ids = torch.as_tensor(ids, dtype=torch.int64).reshape(-1)
         vocab = self.model.get("vocab_size")
         if ids.numel() == 0 or (vocab and (int(ids.min()) < 0 or int(ids.max()) >= vocab)):
             raise ValueError(f"token ids must be a non-empty sequence in [0, {vocab})")
         self.executor.reset()
-        return self.executor.step(ids, torch.arange(ids.numel()))
+        return self.executor.step(ids, torch.arange(ids.numel())).cpu()
 
     def generate(self, prompt: str | list[str], max_new_tokens: int = 20,
                  temperature: float = 0.0, top_p: float = 1.0, seed: int = 0,
