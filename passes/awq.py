@@ -31,13 +31,12 @@ import torch
 from optimizer.ir import Graph
 from optimizer.ir.quant import QuantScheme
 from optimizer.ir.scratch import ScratchDir
-from optimizer.ir.weights import WeightStore
 from optimizer.pass_api import graph_pass
 from optimizer.passes.awq_search import apply_clip, search_clip, search_scale
 from optimizer.passes.calibration import CalibOptions, LayerStream, calibration_samples
 from optimizer.passes.gptq_solver import relative_output_error
 from optimizer.passes.quant_math import rtn, rtn_dequantized
-from optimizer.passes.quant_rewrite import (check_finite, pack, qlinear_node, replace_nodes,
+from optimizer.passes.quant_rewrite import (pack, qlinear_node, replace_nodes,
                                             store_layer)
 from optimizer.passes.scale_fold import ScaleSite, fold, scale_sites, stored_float
 from optimizer.progress import progress
@@ -176,14 +175,12 @@ def awq(graph: Graph, opts: AwqOptions) -> Graph:
     """AWQ: activation-aware scaling + clipping, then group-wise RTN (bits, group_size)."""
     samples = calibration_samples(graph, opts)
     stream = LayerStream(graph, samples)
-    store, scratch = WeightStore(), ScratchDir()
+    scratch = ScratchDir()
     index = {id(n): i for i, n in enumerate(graph.nodes)}
     new_nodes, new_weights, per_linear, per_group = {}, {}, {}, {}
     units = stream.units(opts.quantize_lm_head)
     for unit in progress(units, len(units), "awq layers"):
-        weights = stream.layer_weights(unit, store)
-        for name, t in weights.items():
-            check_finite(graph.weights[name], t)
+        weights = stream.layer_weights(unit)
         sites = scale_sites(graph, stream.nodes(unit), opts.quantize_lm_head)
         stats = collect_stats(stream, unit, weights, [s.inp for s in sites])
         orig = {m.weight("weight"): weights[m.weight("weight")]

@@ -25,7 +25,7 @@ from optimizer.errors import InvalidInput
 from optimizer.interpreter import Interpreter
 from optimizer.ir import Graph, Node
 from optimizer.ir.weights import WeightStore
-from optimizer.passes.quant_rewrite import layer_of
+from optimizer.passes.quant_rewrite import check_finite, layer_of
 from optimizer.progress import progress
 
 
@@ -213,7 +213,14 @@ class LayerStream:
                     self.envs[i] = {"tokens": old["tokens"], "positions": old["positions"],
                                     out_name: part}
 
-    def layer_weights(self, layer: int | str, store: WeightStore) -> dict[str, torch.Tensor]:
-        """Float weights of one layer (loaded now; the only weights held in memory)."""
-        names = {w for n in self.nodes(layer) for _, w in n.weights}
-        return {n: store.load(self.graph.weights[n]).float() for n in names}
+    def layer_weights(self, layer: int | str) -> dict[str, torch.Tensor]:
+        """Float weights of one layer, checked finite (NaN/Inf is invalid input naming the
+        tensor). A fresh store per layer, so earlier layers' file maps are released and
+        only this layer's weights are held in memory."""
+        store = WeightStore()
+        out = {}
+        for name in {w for n in self.nodes(layer) for _, w in n.weights}:
+            ref = self.graph.weights[name]
+            out[name] = store.load(ref).float()
+            check_finite(ref, out[name])
+        return out

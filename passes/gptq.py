@@ -20,11 +20,10 @@ import torch
 from optimizer.ir import Graph
 from optimizer.ir.quant import QuantScheme
 from optimizer.ir.scratch import ScratchDir
-from optimizer.ir.weights import WeightStore
 from optimizer.pass_api import graph_pass
 from optimizer.passes.calibration import CalibOptions, LayerStream, calibration_samples
 from optimizer.passes.gptq_solver import gptq as solve
-from optimizer.passes.quant_rewrite import (decline_reason, check_finite, pack, qlinear_node,
+from optimizer.passes.quant_rewrite import (decline_reason, pack, qlinear_node,
                                             replace_nodes, store_layer)
 from optimizer.progress import progress
 
@@ -70,10 +69,7 @@ def gptq(graph: Graph, opts: GptqOptions) -> Graph:
     new_nodes, new_weights, per_linear = {}, {}, {}
     units = stream.units(opts.quantize_lm_head)
     for unit in progress(units, len(units), "gptq layers"):
-        store = WeightStore()   # per layer: the previous layer's file maps are released
-        weights = stream.layer_weights(unit, store)
-        for name, t in weights.items():
-            check_finite(graph.weights[name], t)
+        weights = stream.layer_weights(unit)
         tensors = {}
         for inp, members in input_groups(graph, stream.nodes(unit), opts.quantize_lm_head):
             k = graph.weights[members[0].weight("weight")].shape[1]

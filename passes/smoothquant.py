@@ -25,11 +25,10 @@ import torch
 
 from optimizer.ir import Graph, Node
 from optimizer.ir.scratch import ScratchDir
-from optimizer.ir.weights import WeightStore
 from optimizer.kernels.w8a8.reference import quantize_per_token, w8a8_linear
 from optimizer.pass_api import graph_pass
 from optimizer.passes.calibration import CalibOptions, LayerStream, calibration_samples
-from optimizer.passes.quant_rewrite import check_finite, replace_nodes, store_layer
+from optimizer.passes.quant_rewrite import replace_nodes, store_layer
 from optimizer.passes.scale_fold import ScaleSite, fold, scale_sites, stored_float
 from optimizer.progress import progress
 
@@ -136,14 +135,12 @@ def smoothquant(graph: Graph, opts: SmoothQuantOptions) -> Graph:
     samples = calibration_samples(graph, opts)
     stream = LayerStream(graph, samples)
     stride = max(1, math.ceil(sum(len(s) for s in samples) / ERROR_ROWS))
-    store, scratch = WeightStore(), ScratchDir()
+    scratch = ScratchDir()
     index = {id(n): i for i, n in enumerate(graph.nodes)}
     new_nodes, new_weights, per_linear, per_group = {}, {}, {}, {}
     units = stream.units(opts.quantize_lm_head)
     for unit in progress(units, len(units), "smoothquant layers"):
-        weights = stream.layer_weights(unit, store)
-        for name, t in weights.items():
-            check_finite(graph.weights[name], t)
+        weights = stream.layer_weights(unit)
         sites = scale_sites(graph, stream.nodes(unit), opts.quantize_lm_head, ("rms_norm",))
         stats = collect(stream, unit, weights, [s.inp for s in sites], stride)
         orig = dict(weights)
