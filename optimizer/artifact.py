@@ -91,6 +91,7 @@ def _write_into(graph: Graph, tmp: Path, progress: Callable[[str], None] | None)
         "model": {**graph.meta.get("model", {}), "n_params": graph.n_params},
         "sources": [{"path": Path(p).name, "sha256": sha256_file(Path(p)),
                      "size": Path(p).stat().st_size} for p in graph.meta.get("sources", [])],
+        "target": graph.meta.get("target", "reference"),
         "pipeline": list(graph.meta.get("pipeline", [])),
         "quantization": list(graph.meta.get("quantization", [])),
         "files": files,

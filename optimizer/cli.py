@@ -72,12 +72,15 @@ def cli() -> None:
               help="Store the remaining float weights in this dtype.")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), help="Where GPTQ's "
               "quantization math runs (default cpu).")
+@click.option("--target", type=click.Choice(["reference", "cuda"]), default="reference",
+              show_default=True, help="cuda: fuse for the GPU kernels, store weights in their "
+              "layout (bf16 unless --dtype); run with `optimize run --device cuda`.")
 @click.option("--dump-ir", type=click.Path(path_type=Path), help="Write the IR after each "
               "pass into this directory.")
 def build(model: str, output: Path, config: Path | None, passes: tuple[str, ...], int4: bool,
           int8: bool, calib: Path | None, calib_samples: int | None,
           calib_seq_len: int | None, quantize_lm_head: bool, fmt: str, dtype: str | None,
-          device: str | None, dump_ir: Path | None) -> None:
+          device: str | None, target: str, dump_ir: Path | None) -> None:
     """Import MODEL, run the passes, write the artifact to OUTPUT."""
     from optimizer import PassManager, import_model, save
     from optimizer.pipelines import BuildRequest, build_pipeline
@@ -85,7 +88,7 @@ def build(model: str, output: Path, config: Path | None, passes: tuple[str, ...]
     start = time.perf_counter()
     specs = build_pipeline(BuildRequest(
         passes, int4, int8, dtype, str(calib) if calib else None, calib_samples,
-        calib_seq_len, quantize_lm_head, device))
+        calib_seq_len, quantize_lm_head, device, target))
     manager = PassManager(specs, dump_ir=dump_ir, log=_log)
     graph = import_model(model, config=config)
     _log(f"imported {graph.meta['model']['family']}: {len(graph.nodes)} nodes, "

@@ -17,6 +17,7 @@ from optimizer.kernels.attention.reference import attention
 from optimizer.kernels.qlinear.reference import qlinear
 from optimizer.kernels.rms_norm.reference import rms_norm
 from optimizer.kernels.rope.reference import inv_freq, rope
+from optimizer.kernels.w4a16.layout import dequantize as w4a16_dequantize
 from optimizer.kernels.w8a8.reference import w8a8_linear
 
 
@@ -68,6 +69,15 @@ def _qlinear(ex: "Interpreter", node: Node, xs: list[torch.Tensor]) -> torch.Ten
 def _qlinear_w8a8(ex: "Interpreter", node: Node, xs: list[torch.Tensor]) -> torch.Tensor:
     return w8a8_linear(xs[0], ex.w(node.weight("qweight")), ex.w(node.weight("scales")),
                        _opt(ex, node, "bias"))
+
+
+def _w4a16_linear(ex: "Interpreter", node: Node, xs: list[torch.Tensor]) -> torch.Tensor:
+    """The kernel-layout int4 weight, dequantized exactly ((q - z) * s in float32)."""
+    prepared = {"qweight": ex.w(node.weight("qweight")), "sz": ex.w(node.weight("sz"))}
+    if node.weight("perm"):
+        prepared["perm"] = ex.w(node.weight("perm"))
+    w = w4a16_dequantize(prepared, node.attr("in_features"))
+    return torch.nn.functional.linear(xs[0], w.to(xs[0].dtype), _opt(ex, node, "bias"))
 
 
 def _freqs(ex: "Interpreter", node: Node) -> torch.Tensor:
@@ -138,6 +148,7 @@ OPS: dict[str, OpFn] = {
     "silu_mul2": lambda ex, n, xs: torch.nn.functional.silu(xs[0]) * xs[1],
     "add_rms_norm": _add_rms_norm,
     "rope_qk": _rope_qk,
+    "w4a16_linear": _w4a16_linear,
 }
 
 

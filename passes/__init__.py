@@ -9,6 +9,7 @@ def registry() -> dict[str, GraphPass]:
     """Every pass by name. Add a new pass here."""
     from optimizer.passes.awq import awq
     from optimizer.passes.cast_weights import cast_weights
+    from optimizer.passes.cuda_layout import cuda_layout
     from optimizer.passes.dce import dce
     from optimizer.passes.fuse_add_rmsnorm import fuse_add_rmsnorm
     from optimizer.passes.fuse_gate_up import fuse_gate_up
@@ -19,4 +20,5 @@ def registry() -> dict[str, GraphPass]:
     from optimizer.passes.smoothquant import smoothquant
 
     return {p.name: p for p in (dce, cast_weights, quantize_rtn, gptq, awq, smoothquant,
-                                fuse_qkv, fuse_rope_qk, fuse_gate_up, fuse_add_rmsnorm)}
+                                fuse_qkv, fuse_rope_qk, fuse_gate_up, fuse_add_rmsnorm,
+                                cuda_layout)}

@@ -35,6 +35,18 @@ add_rms_norm  x, y (same shape [T, H])   weight [H]  s = x + y [T, H], rms_norm(
 rope_qk       x [T, (Hq + 2 Hk) D],      -           [T, (Hq + 2 Hk) D]: RoPE on the first
               positions int64[T]                     (Hq + Hk) heads (q, k), v unchanged
 ============  =========================  ==========  ======================================
+
+Kernel-layout ops (made at build time by ``passes/cuda_layout.py`` for ``--target cuda``; the
+weights are already in the GPU kernel's layout, so loading does no repacking):
+
+============  =========================  ===================  =============================
+op            inputs                     weights              output
+============  =========================  ===================  =============================
+w4a16_linear  x [T, K]                   qweight int32        [T, N] = x @ W^T + bias, W the
+                                         [KP/8, N], sz int32  int4 weight described in
+                                         [G, N], perm? int64  kernels/w4a16/layout.py
+                                         [KP], bias? [N]      (attr in_features = K)
+============  =========================  ===================  =============================
 """
 
 from __future__ import annotations
@@ -123,6 +135,26 @@ def _qlinear_w8a8(node: Node, ins: list[Value], w: dict[str, WeightRef]) -> list
     n, k = qw.shape
     _need(ins[0].shape[-1] == k, f"input {ins[0]} does not match qweight [{n},{k}]")
     _need(sc.shape == (n,), f"scales must be [{n}], got {list(sc.shape)}")
+    if "bias" in w:
+        _need(w["bias"].shape == (n,), f"bias {w['bias'].shape} does not match [{n}]")
+    return [(ins[0].dtype, (*ins[0].shape[:-1], n))]
+
+
+def _w4a16_linear(node: Node, ins: list[Value], w: dict[str, WeightRef]) -> list[Signature]:
+    _arity(node, 1, {"qweight", "sz"}, {"perm", "bias"})
+    qw, sz, k = w["qweight"], w["sz"], node.attr("in_features")
+    _need(isinstance(k, int) and k > 0, f"in_features must be a positive int, got {k}")
+    _need(ins[0].shape[-1] == k, f"input {ins[0]} does not match in_features {k}")
+    _need(qw.dtype == "int32" and len(qw.shape) == 2,
+          f"qweight must be 2-D int32, got {qw.dtype}{list(qw.shape)}")
+    kp, n = qw.shape[0] * 8, qw.shape[1]
+    _need(kp % 128 == 0 and kp >= k, f"qweight holds {kp} rows: not a multiple of 128 >= {k}")
+    _need(sz.dtype == "int32" and len(sz.shape) == 2 and sz.shape[1] == n
+          and kp % sz.shape[0] == 0,
+          f"sz must be int32 [G, {n}] with G dividing {kp}, got {sz.dtype}{list(sz.shape)}")
+    if "perm" in w:
+        _need(w["perm"].shape == (kp,) and w["perm"].dtype == "int64",
+              f"perm must be int64 [{kp}], got {w['perm'].dtype}{list(w['perm'].shape)}")
     if "bias" in w:
         _need(w["bias"].shape == (n,), f"bias {w['bias'].shape} does not match [{n}]")
     return [(ins[0].dtype, (*ins[0].shape[:-1], n))]
@@ -223,4 +255,5 @@ OPS: dict[str, Rule] = {
     "silu_mul2": _binary,
     "add_rms_norm": _add_rms_norm,
     "rope_qk": _rope_qk,
+    "w4a16_linear": _w4a16_linear,
 }
