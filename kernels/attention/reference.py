@@ -27,3 +27,26 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, q_pos: torch.Te
     scores = scores.masked_fill(~allowed, float("-inf"))
     probs = torch.softmax(scores, dim=-1).to(v.dtype)
     return (probs @ vh).transpose(0, 1).reshape(t, n_heads * d)
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                     lengths: torch.Tensor, n_heads: int, n_kv_heads: int,
+                     window: int | None = None, scale: float | None = None) -> torch.Tensor:
+    """One new token per sequence over a batched cache, by ``attention`` per sequence.
+
+    q: [B, Hq*D]; k_cache, v_cache: [B, S_max, Hk, D] with sequence b's positions
+    0 .. lengths[b]-1 valid (its new token's k/v at lengths[b]-1); lengths: [B] -> [B, Hq*D].
+    ``scale`` (default D^-0.5) is applied by rescaling q; a sequence of length 0 gives 0.
+    """
+    b, _, hk, d = k_cache.shape
+    out = torch.zeros_like(q)
+    if scale is not None:
+        q = q * (scale * d ** 0.5)
+    for i, n in enumerate(lengths.tolist()):
+        if n == 0:
+            continue
+        k = k_cache[i, :n].reshape(n, hk * d)
+        v = v_cache[i, :n].reshape(n, hk * d)
+        pos = torch.tensor([n - 1], device=q.device)
+        out[i] = attention(q[i:i + 1], k, v, pos, n_heads, n_kv_heads, window)[0]
+    return out

@@ -11,3 +11,11 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     xf = x.float()
     var = xf.pow(2).mean(-1, keepdim=True)
     return weight * (xf * torch.rsqrt(var + eps)).to(x.dtype)
+
+
+def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
+                 eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """x, residual: [..., H] (same dtype), weight: [H] -> (s, rms_norm(s)), s = x + residual
+    (rounded to x's dtype, as eager PyTorch rounds it)."""
+    s = x + residual
+    return s, rms_norm(s, weight, eps)

@@ -48,3 +48,10 @@ def rope(x: torch.Tensor, positions: torch.Tensor, freqs: torch.Tensor) -> torch
     cos, sin = emb.cos().to(x.dtype), emb.sin().to(x.dtype)
     rot = torch.cat([-xh[..., half:], xh[..., :half]], dim=-1)
     return (xh * cos + rot * sin).reshape(x.shape)
+
+
+def rope_qk(x: torch.Tensor, positions: torch.Tensor, freqs: torch.Tensor, n_heads: int,
+            n_kv_heads: int, head_dim: int) -> torch.Tensor:
+    """x: [T, (Hq + 2 Hk) D] (q heads, k heads, v heads) -> q and k rotated, v unchanged."""
+    qk = (n_heads + n_kv_heads) * head_dim
+    return torch.cat([rope(x[:, :qk].contiguous(), positions, freqs), x[:, qk:]], dim=-1)
