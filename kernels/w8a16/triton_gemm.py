@@ -1,0 +1,453 @@
+"""W8A16 GEMM in Triton: y[M, N] = x[M, K] @ W^T (+ bias), W in the layout of layout.py.
+
+Two fused kernels and a cuBLAS path, chosen by M (`pick_config`, `w8a16_linear`):
+
+- `_w8a16_mma_kernel` (any M; tensor cores): y^T = W x^T ("swapped" operands): the weight
+  tile [BN, BK] (uint8, K contiguous, cp.async-pipelined) is the MMA's A operand, made in
+  registers, and x^T [BK, BM] the B operand, so the M tile can be as small as 16 (decode).
+- `_w8a16_gemv_kernel` (M = 1 candidate; CUDA cores): float32 FMAs of the weight tile with
+  one row of x, summed along K once per group (or once at the end per channel).
+
+Codes become ``q - z`` without int->float instructions (quarter rate on Hopper), exactly:
+``CONVERT`` "magic32": ``u | 0x4B000000`` read as float32 is 2^23 + u; subtracting 2^23 + z
+leaves q - z, an integer of at most 8 bits, exact in bf16/fp16 (rounding to them is exact).
+"magic16" (fp16 only): ``u | 0x6400`` read as fp16 is 1024 + u; minus 1024 + z. "cvt": plain
+conversions (a baseline for the sweep).
+
+Scales, FACTORED (exact): ``part = dot(q - z, x)`` per group in float32, then ``acc += s *
+part`` (per output channel: once after the loop); dequantizing (FACTORED=False, groups only):
+``acc = dot((q - z) * s, x, acc)`` with s rounded to the activation dtype (bf16: weights
+within 2^-9 instead of exact).
+
+Split-K (``SPLIT_K > 1``, grid axis 1): program (tile, s) covers K blocks [s*T, (s+1)*T),
+stores its float32 partial to ``ws[s]`` and bumps the tile's arrival counter (acq_rel after a
+CTA barrier); the last to arrive sums the partials in split order (deterministic), adds the
+bias, writes y and resets the counter. One launch.
+
+Preconditions (checked in `w8a16_linear`): x [M, K] with unit stride along K; the layout's KP
+a multiple of 128; columns past K (and padding rows of perm) read as zero.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from .layout import BLOCK, group_size_of
+
+# Dispatch thresholds: first guesses, to be revised with `bench/gemm_int8.py --sweep`.
+GEMV_MAX_M = 0           # M <= this: the CUDA-core kernel (0: never; candidate for M = 1)
+DECODE_MAX_M = 16        # M <= this: 16-row M tiles, split-K to fill the SMs
+CUBLAS_MIN_M = 512       # M >= this: dequantize W once, then cuBLAS (x @ W^T)
+MAX_SPLIT_K = 16
+CONVERTS = {"magic32": 0, "magic16": 1, "cvt": 2}
+
+
+@triton.jit
+def _codes(w, sz, dt: tl.constexpr, CONVERT: tl.constexpr):
+    """uint8 codes [BN, BK] and their groups' sz [BN] -> q - z [BN, BK] in ``dt``, exact."""
+    z = (sz >> 16) & 0xFF
+    if CONVERT == 1:           # magic16 (fp16): 0x6400 | u == 1024 + u
+        h = (w.to(tl.int32) | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+        a = h - (z + 1024).to(tl.float16)[:, None]
+    elif CONVERT == 0:         # magic32: 0x4B000000 | u == 2^23 + u
+        f = (w.to(tl.int32) | 0x4B000000).to(tl.float32, bitcast=True)
+        zf = (z | 0x4B000000).to(tl.float32, bitcast=True)
+        a = (f - zf[:, None]).to(dt)
+    else:
+        a = (w.to(tl.int32) - z[:, None]).to(dt)
+    return a
+
+
+@triton.jit
+def _scale(sz):
+    """float32 [BN] scales from packed sz words."""
+    return (sz & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+
+
+@triton.jit
+def _finish(val, y_ptr, ws_ptr, lock_ptr, bias_ptr, y_off, ws_off, n_idx, mask, tile, pid_k,
+            MN, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Write ``val`` (+ bias) to y[y_off] (SPLIT_K == 1), or store it as partial pid_k and
+    let the last program of the tile reduce all partials in split order. Any tensor shape:
+    y_off / ws_off / n_idx (output channel) / mask have val's shape."""
+    if SPLIT_K > 1:
+        tl.store(ws_ptr + pid_k * MN + ws_off, val, mask=mask)
+        tl.debug_barrier()                 # all partial stores of this CTA before the release
+        count = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel", scope="gpu")
+        if count == SPLIT_K - 1:           # last to arrive: reduce in split order
+            total = tl.zeros_like(val)
+            for i in tl.static_range(SPLIT_K):
+                total += tl.load(ws_ptr + i * MN + ws_off, mask=mask, other=0.0,
+                                 cache_modifier=".cg")
+            tl.atomic_xchg(lock_ptr + tile, 0)
+            if HAS_BIAS:
+                total += tl.load(bias_ptr + n_idx, mask=mask, other=0.0).to(tl.float32)
+            tl.store(y_ptr + y_off, total.to(y_ptr.dtype.element_ty), mask=mask)
+    else:
+        if HAS_BIAS:
+            val += tl.load(bias_ptr + n_idx, mask=mask, other=0.0).to(tl.float32)
+        tl.store(y_ptr + y_off, val.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _w8a16_mma_kernel(
+    x_ptr, w_ptr, sz_ptr, perm_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
+    M, N, K, KP, stride_xm, stride_ym,
+    GS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, FACTORED: tl.constexpr,
+    CONVERT: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
+):
+    """x [M, K] @ W^T -> y [M, N]; grid (tiles_m * tiles_n, SPLIT_K). GS = 0: one group per
+    output channel, else GS layout rows per group (a multiple of BK).
+
+    w_ptr: uint8 [N, KP]; sz_ptr: int32 [KP/GS, N]; perm_ptr: int32 [KP] (HAS_PERM);
+    ws_ptr: float32 [SPLIT_K, M, N]; lock_ptr: int32 counters (zero on entry)."""
+    pid = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    tiles_m = tl.cdiv(M, BM)
+    tiles_n = tl.cdiv(N, BN)
+    in_group = GROUP_M * tiles_n
+    first_m = (pid // in_group) * GROUP_M
+    size_m = tl.minimum(tiles_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % in_group) % size_m
+    pid_n = (pid % in_group) // size_m
+
+    blocks = KP // BK
+    per_split = tl.cdiv(blocks, SPLIT_K)
+    b_lo = pid_k * per_split
+    b_hi = tl.minimum(b_lo + per_split, blocks)
+
+    offs_m = pid_m * BM + tl.arange(0, BM)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    offs_k = tl.arange(0, BK)
+    mask_m = offs_m < M
+    mask_n = offs_n < N
+    x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm                  # [BM, 1]
+    w_ptrs = w_ptr + offs_n.to(tl.int64)[:, None] * KP + offs_k[None, :]       # [BN, BK]
+    dt = x_ptr.dtype.element_ty
+
+    sz = tl.load(sz_ptr + offs_n, mask=mask_n, other=0)                        # group 0
+    acc = tl.zeros((BN, BM), dtype=tl.float32)                                 # y^T tile
+    for b in range(b_lo, b_hi):
+        k0 = b * BK
+        w = tl.load(w_ptrs + k0, mask=mask_n[:, None], other=0)                # [BN, BK]
+        if HAS_PERM:
+            ch = tl.load(perm_ptr + k0 + offs_k)
+        else:
+            ch = k0 + offs_k
+        x = tl.load(x_rows + ch[None, :], mask=mask_m[:, None] & (ch[None, :] < K),
+                    other=0.0)                                                 # [BM, BK]
+        if GS == 0:
+            acc = tl.dot(_codes(w, sz, dt, CONVERT), tl.trans(x), acc)
+        else:
+            sz = tl.load(sz_ptr + (k0 // GS) * N + offs_n, mask=mask_n, other=0)
+            a = _codes(w, sz, dt, CONVERT)                                     # q - z
+            if FACTORED:
+                acc += _scale(sz)[:, None] * tl.dot(a, tl.trans(x))
+            else:
+                acc = tl.dot(a * _scale(sz).to(dt)[:, None], tl.trans(x), acc)
+    if GS == 0:
+        acc = acc * _scale(sz)[:, None]
+    out = tl.trans(acc)                                                        # [BM, BN]
+    mask = mask_m[:, None] & mask_n[None, :]
+    y_off = offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
+    ws_off = offs_m[:, None] * N + offs_n[None, :]
+    n_idx = offs_n[None, :] + 0 * offs_m[:, None]
+    _finish(out, y_ptr, ws_ptr, lock_ptr, bias_ptr, y_off, ws_off, n_idx, mask,
+            pid_m * tiles_n + pid_n, pid_k, M * N, SPLIT_K, HAS_BIAS)
+
+
+@triton.jit
+def _w8a16_gemv_kernel(
+    x_ptr, w_ptr, sz_ptr, perm_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
+    M, N, K, KP, stride_xm, stride_ym,
+    GS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr,
+    HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
+):
+    """One row of x per program: y[m, n-tile] = sum_k (q - z) * x[m, k] (* s) in float32;
+    grid (tiles_n, SPLIT_K, M). Operands as in `_w8a16_mma_kernel`."""
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    m = tl.program_id(2)
+    blocks = KP // BK
+    per_split = tl.cdiv(blocks, SPLIT_K)
+    b_lo = pid_k * per_split
+    b_hi = tl.minimum(b_lo + per_split, blocks)
+    offs_n = pid_n * BN + tl.arange(0, BN)
+    offs_k = tl.arange(0, BK)
+    mask_n = offs_n < N
+    x_row = x_ptr + m.to(tl.int64) * stride_xm
+    w_ptrs = w_ptr + offs_n.to(tl.int64)[:, None] * KP + offs_k[None, :]       # [BN, BK]
+
+    sz = tl.load(sz_ptr + offs_n, mask=mask_n, other=0)
+    wide = tl.zeros((BN, BK), dtype=tl.float32)        # per channel: summed along K at the end
+    acc = tl.zeros((BN,), dtype=tl.float32)
+    for b in range(b_lo, b_hi):
+        k0 = b * BK
+        w = tl.load(w_ptrs + k0, mask=mask_n[:, None], other=0)                # [BN, BK]
+        if HAS_PERM:
+            ch = tl.load(perm_ptr + k0 + offs_k)
+        else:
+            ch = k0 + offs_k
+        x = tl.load(x_row + ch, mask=ch < K, other=0.0).to(tl.float32)        # [BK]
+        if GS != 0:
+            sz = tl.load(sz_ptr + (k0 // GS) * N + offs_n, mask=mask_n, other=0)
+        a = _codes(w, sz, tl.float32, 0)                                       # q - z, f32
+        if GS == 0:
+            wide += a * x[None, :]
+        else:
+            acc += _scale(sz) * tl.sum(a * x[None, :], axis=1)
+    if GS == 0:
+        acc = tl.sum(wide, axis=1) * _scale(sz)
+    _finish(acc, y_ptr, ws_ptr, lock_ptr, bias_ptr, m.to(tl.int64) * stride_ym + offs_n,
+            m * N + offs_n, offs_n, mask_n, m * tl.cdiv(N, BN) + pid_n, pid_k, M * N,
+            SPLIT_K, HAS_BIAS)
+
+
+@triton.jit
+def _dequant_kernel(w_ptr, sz_ptr, perm_ptr, out_ptr, N, K, KP, GS: tl.constexpr,
+                    BN: tl.constexpr, BK: tl.constexpr, HAS_PERM: tl.constexpr):
+    """out [N, K] (activation dtype) = W, input channels in their original order: (q - z) * s
+    in float32, rounded once; grid (cdiv(N, BN), KP / BK)."""
+    offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
+    k0 = tl.program_id(1) * BK
+    offs_k = k0 + tl.arange(0, BK)
+    mask_n = offs_n < N
+    w = tl.load(w_ptr + offs_n.to(tl.int64)[:, None] * KP + offs_k[None, :],
+                mask=mask_n[:, None], other=0)
+    if GS == 0:
+        sz = tl.load(sz_ptr + offs_n, mask=mask_n, other=0)
+    else:
+        sz = tl.load(sz_ptr + (k0 // GS) * N + offs_n, mask=mask_n, other=0)
+    wd = _codes(w, sz, tl.float32, 0) * _scale(sz)[:, None]
+    if HAS_PERM:
+        ch = tl.load(perm_ptr + offs_k)
+    else:
+        ch = offs_k
+    tl.store(out_ptr + offs_n.to(tl.int64)[:, None] * K + ch[None, :],
+             wd.to(out_ptr.dtype.element_ty), mask=mask_n[:, None] & (ch[None, :] < K))
+
+
+@dataclasses.dataclass(frozen=True)
+class GemmConfig:
+    """Launch parameters. kernel "mma" (`_w8a16_mma_kernel`; block_n >= 64 uses wgmma) or
+    "gemv" (`_w8a16_gemv_kernel`; block_m unused). block_k is an upper bound: it is lowered
+    to divide KP and the group size. convert: a key of CONVERTS, or "auto" (magic16 for
+    fp16, magic32 for bf16)."""
+
+    block_m: int = 16
+    block_n: int = 64
+    block_k: int = 128
+    split_k: int = 1
+    factored: bool = True
+    num_warps: int = 4
+    num_stages: int = 4
+    group_m: int = 8
+    kernel: str = "mma"
+    convert: str = "auto"
+
+    def __post_init__(self) -> None:
+        for key, lo in (("block_m", 16), ("block_n", 16), ("block_k", 32)):
+            v = getattr(self, key)
+            if v < lo or v > 256 or v & (v - 1):
+                raise ValueError(f"GemmConfig.{key}: expected a power of two in {lo}..256, "
+                                 f"got {v}")
+        if not 1 <= self.split_k <= 64:
+            raise ValueError(f"GemmConfig.split_k: expected 1..64, got {self.split_k}")
+        if self.num_warps not in (1, 2, 4, 8):
+            raise ValueError(f"GemmConfig.num_warps: expected 1, 2, 4 or 8, got "
+                             f"{self.num_warps}")
+        if self.kernel not in ("mma", "gemv"):
+            raise ValueError(f"GemmConfig.kernel: expected 'mma' or 'gemv', got "
+                             f"{self.kernel!r}")
+        if self.convert != "auto" and self.convert not in CONVERTS:
+            raise ValueError(f"GemmConfig.convert: expected 'auto' or one of "
+                             f"{sorted(CONVERTS)}, got {self.convert!r}")
+
+    def describe(self) -> str:
+        if self.kernel == "gemv":
+            return f"gemv {self.block_n}x{self.block_k} s{self.split_k} w{self.num_warps}"
+        kind = "fac" if self.factored else "deq"
+        return (f"{kind} {self.block_m}x{self.block_n}x{self.block_k} s{self.split_k} "
+                f"w{self.num_warps} st{self.num_stages}"
+                + ("" if self.convert == "auto" else f" {self.convert}"))
+
+
+@functools.lru_cache(maxsize=None)
+def _num_sms(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device) -> int:
+    """Multiprocessors of a CUDA device (132 assumed off-GPU, e.g. in the interpreter)."""
+    if device.type != "cuda":
+        return 132
+    return _num_sms(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def choose_split_k(tiles: int, blocks: int, sms: int, per_sm: float = 2.0) -> int:
+    """Splits of K so that ``tiles`` output tiles make about per_sm programs per SM, keeping
+    at least 2 K blocks per split."""
+    if tiles >= per_sm * sms or blocks < 4:
+        return 1
+    return max(1, min(-(-int(per_sm * sms) // tiles), blocks // 2, MAX_SPLIT_K))
+
+
+def pick_config(m: int, n: int, kp: int, sms: int = 132) -> GemmConfig:
+    """First-guess configs per M bucket (unmeasured: revise with bench/gemm_int8.py --sweep).
+    Small M: 16-row tiles, 128 columns where N alone fills the SMs, else 64 and split-K."""
+    wide_n = -(-n // 128) >= sms
+    if m <= GEMV_MAX_M:
+        cfg = GemmConfig(16, 64, 128, kernel="gemv", num_warps=4)
+        return dataclasses.replace(
+            cfg, split_k=choose_split_k(m * -(-n // 64), kp // 128, sms, 3.0))
+    if m <= DECODE_MAX_M:
+        cfg = GemmConfig(16, 128 if wide_n else 64, 128, num_warps=4, num_stages=4)
+    elif m <= 32:
+        cfg = GemmConfig(32, 128, 128, num_warps=4, num_stages=4)
+    elif m <= 64:
+        cfg = GemmConfig(64, 128, 128, num_warps=4, num_stages=4)
+    elif m <= 128:
+        cfg = GemmConfig(128, 128, 128, num_warps=8, num_stages=3)
+    else:
+        cfg = GemmConfig(128, 256, 64, num_warps=8, num_stages=3)
+    tiles = -(-m // cfg.block_m) * -(-n // cfg.block_n)
+    per_sm = 2.0 if cfg.block_m <= 32 else 1.0
+    return dataclasses.replace(
+        cfg, split_k=choose_split_k(tiles, kp // cfg.block_k, sms, per_sm))
+
+
+def configs(m: int) -> list[GemmConfig]:
+    """Candidates for `bench/gemm_int8.py --sweep` at this M (split-K is varied there)."""
+    if m <= 16:
+        c = [GemmConfig(16, 64, 128), GemmConfig(16, 128, 128), GemmConfig(16, 64, 256),
+             GemmConfig(16, 128, 128, num_stages=3), GemmConfig(16, 256, 128, num_warps=8),
+             GemmConfig(16, 64, 128, convert="cvt")]
+        if m == 1:
+            c += [GemmConfig(16, 64, 128, kernel="gemv"), GemmConfig(16, 32, 256, kernel="gemv"),
+                  GemmConfig(16, 128, 128, kernel="gemv", num_warps=8)]
+        return c
+    if m <= 64:
+        bm = max(16, triton.next_power_of_2(m))
+        return [GemmConfig(bm, 128, 128), GemmConfig(bm, 64, 128),
+                GemmConfig(bm, 128, 128, num_warps=8, num_stages=3),
+                GemmConfig(bm, 128, 64, num_stages=5)]
+    if m <= 128:
+        return [GemmConfig(128, 128, 128, num_warps=8, num_stages=3),
+                GemmConfig(128, 128, 64, num_warps=4, num_stages=4),
+                GemmConfig(64, 128, 128, num_warps=4, num_stages=4),
+                GemmConfig(128, 256, 64, num_warps=8, num_stages=3)]
+    return [GemmConfig(128, 256, 64, num_warps=8, num_stages=3),
+            GemmConfig(256, 128, 64, num_warps=8, num_stages=3),
+            GemmConfig(128, 128, 128, num_warps=8, num_stages=3),
+            GemmConfig(128, 128, 64, num_warps=4, num_stages=4)]
+
+
+def _block_k(bk: int, kp: int, gs: int) -> int:
+    """The largest power of two <= bk dividing KP and (for groups) the group size."""
+    while kp % bk or (gs and gs % bk):
+        bk //= 2
+    return bk
+
+
+def _convert(cfg: GemmConfig, dtype: torch.dtype) -> int:
+    if cfg.convert == "auto":
+        return CONVERTS["magic16" if dtype == torch.float16 else "magic32"]
+    if cfg.convert == "magic16" and dtype != torch.float16:
+        raise ValueError("GemmConfig.convert 'magic16' needs float16 activations")
+    return CONVERTS[cfg.convert]
+
+
+def _gemm(x: torch.Tensor, prepared: dict[str, torch.Tensor], bias: torch.Tensor | None,
+          y: torch.Tensor, cfg: GemmConfig) -> None:
+    qweight, sz = prepared["qweight"], prepared["sz"]
+    n, kp = qweight.shape
+    m, k = x.shape
+    gs = 0 if sz.shape[0] == 1 else group_size_of(prepared)
+    if kp % BLOCK or (gs and not (gs in (32, 64) or gs % BLOCK == 0)):
+        raise ValueError(f"layout: KP={kp} must be a multiple of {BLOCK} and the group size "
+                         f"{gs} 32, 64 or a multiple of {BLOCK} (see layout.prepare)")
+    bk = _block_k(cfg.block_k, kp, gs)
+    gemv = cfg.kernel == "gemv"
+    tiles_m = m if gemv else -(-m // cfg.block_m)
+    tiles_n = -(-n // cfg.block_n)
+    split = max(1, min(cfg.split_k, kp // bk))
+    if split > 1:
+        ws = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
+        locks = prepared.get("locks")
+        if locks is None or locks.numel() < tiles_m * tiles_n or locks.device != x.device:
+            locks = torch.zeros(tiles_m * tiles_n, dtype=torch.int32, device=x.device)
+    else:                                                # unused by the kernels
+        ws = torch.empty(1, dtype=torch.float32, device=x.device)
+        locks = torch.empty(1, dtype=torch.int32, device=x.device)
+    perm = prepared.get("perm")
+    args = (x, qweight, sz, perm if perm is not None else sz, bias if bias is not None else y,
+            y, ws, locks, m, n, k, kp, x.stride(0), y.stride(0))
+    if gemv:
+        _w8a16_gemv_kernel[(tiles_n, split, m)](
+            *args, GS=gs, BN=cfg.block_n, BK=bk, SPLIT_K=split, HAS_PERM=perm is not None,
+            HAS_BIAS=bias is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        return
+    _w8a16_mma_kernel[(tiles_m * tiles_n, split)](
+        *args, GS=gs, BM=cfg.block_m, BN=cfg.block_n, BK=bk, SPLIT_K=split,
+        GROUP_M=cfg.group_m, FACTORED=cfg.factored, CONVERT=_convert(cfg, x.dtype),
+        HAS_PERM=perm is not None, HAS_BIAS=bias is not None, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages)
+
+
+def dequantize_w(prepared: dict[str, torch.Tensor], k: int, dtype: torch.dtype) -> torch.Tensor:
+    """W [N, K] in ``dtype``, input channels in their original order; one pass."""
+    qweight, sz = prepared["qweight"], prepared["sz"]
+    n, kp = qweight.shape
+    gs = 0 if sz.shape[0] == 1 else group_size_of(prepared)
+    bk = _block_k(128, kp, gs)
+    out = torch.empty((n, k), dtype=dtype, device=qweight.device)
+    perm = prepared.get("perm")
+    _dequant_kernel[(-(-n // 64), kp // bk)](
+        qweight, sz, perm if perm is not None else sz, out, n, k, kp, GS=gs, BN=64, BK=bk,
+        HAS_PERM=perm is not None, num_warps=4)
+    return out
+
+
+def w8a16_linear(x: torch.Tensor, prepared: dict[str, torch.Tensor],
+                 bias: torch.Tensor | None = None, out: torch.Tensor | None = None, *,
+                 config: GemmConfig | None = None, path: str = "auto") -> torch.Tensor:
+    """x [..., K] (bf16/fp16) -> [..., N] = x @ W^T + bias, W from `layout.prepare`.
+
+    path: "auto" (by M, see the thresholds above), "fused" (a Triton kernel: ``config`` or
+    `pick_config`) or "cublas" (dequantize W once, then ``x @ W^T`` through cuBLAS).
+    ``out``: optional contiguous [M, N] tensor of x's dtype to write into.
+    """
+    if x.dtype not in (torch.bfloat16, torch.float16):
+        raise ValueError(f"x: expected bfloat16 or float16, got {x.dtype}")
+    if path not in ("auto", "fused", "cublas"):
+        raise ValueError(f"path: expected 'auto', 'fused' or 'cublas', got {path!r}")
+    n, kp = prepared["qweight"].shape
+    lead, k = x.shape[:-1], x.shape[-1]
+    if k > kp:
+        raise ValueError(f"x: {k} input features, the weight has at most {kp}")
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    m = x2.shape[0]
+    if bias is not None and bias.dtype != x.dtype:
+        bias = bias.to(x.dtype)
+    y = out if out is not None else torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if tuple(y.shape) != (m, n) or y.dtype != x.dtype or not y.is_contiguous():
+        raise ValueError(f"out: expected contiguous {x.dtype} [{m}, {n}]")
+    if m == 0:
+        return y.reshape(*lead, n)
+    if path == "cublas" or (path == "auto" and config is None and m >= CUBLAS_MIN_M):
+        w = dequantize_w(prepared, k, x.dtype)                       # [N, K]
+        if bias is not None:
+            torch.addmm(bias, x2, w.T, out=y)
+        else:
+            torch.mm(x2, w.T, out=y)
+    else:
+        _gemm(x2, prepared, bias, y, config or pick_config(m, n, kp, sm_count(x.device)))
+    return y.reshape(*lead, n)
