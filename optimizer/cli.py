@@ -86,6 +86,9 @@ def build(model: str, output: Path, config: Path | None, passes: tuple[str, ...]
     from optimizer.pipelines import BuildRequest, build_pipeline
 
     start = time.perf_counter()
+    if target == "cuda" and fmt != "artifact":
+        raise InvalidInput(None, f"--target cuda writes our artifact (kernel layouts), not "
+                                 f"--format {fmt}; build the {fmt} checkpoint without --target")
     specs = build_pipeline(BuildRequest(
         passes, int4, int8, dtype, str(calib) if calib else None, calib_samples,
         calib_seq_len, quantize_lm_head, device, target))

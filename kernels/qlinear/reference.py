@@ -23,6 +23,9 @@ def pack_bits(q: torch.Tensor, bits: int) -> torch.Tensor:
     n, k = q.shape
     if bits == 8:
         return q.to(torch.uint8)
+    if bits == 4:   # byte j = code 2j | code 2j+1 << 4 (the bit stream below, in one step)
+        q = torch.nn.functional.pad(q.to(torch.uint8), (0, k % 2))
+        return q[:, 0::2] | (q[:, 1::2] << 4)
     shifts = torch.arange(bits, dtype=torch.int64, device=q.device)
     stream = ((q.to(torch.int64)[..., None] >> shifts) & 1).reshape(n, k * bits)
     pad = packed_width(k, bits) * 8 - k * bits
@@ -34,6 +37,9 @@ def unpack_bits(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
     """Inverse of `pack_bits`: uint8 [N, ceil(K*bits/8)] -> int64 [N, K]."""
     if bits == 8:
         return packed.to(torch.int64)
+    if bits == 4:
+        p = packed.to(torch.int64)
+        return torch.stack([p & 15, p >> 4], dim=-1).reshape(p.shape[0], -1)[:, :k]
     n = packed.shape[0]
     bit = torch.arange(8, device=packed.device)
     stream = ((packed.to(torch.int64)[..., None] >> bit) & 1).reshape(n, -1)

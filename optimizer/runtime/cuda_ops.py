@@ -1,0 +1,144 @@
+"""The CUDA engine's op table: each IR op mapped onto a GPU kernel (kernels/*/triton_*.py),
+cuBLAS (float projections) or PyTorch's SDPA (prefill attention).
+
+An op function gets the engine (weights on the device, the KV cache, rope frequencies),
+the node, its input tensors and the `Step` (what this forward pass is: one sequence's
+prefill, or one decode token for each of B sequences). Activations are the engine's dtype
+(bfloat16 by default); every kernel's math is documented beside its reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+import torch
+import torch.nn.functional as F
+
+from optimizer.ir import Node
+
+if TYPE_CHECKING:
+    from optimizer.runtime.cuda_engine import CudaEngine
+
+
+@dataclass
+class Step:
+    """One forward pass. ``prefill``: T tokens of the sequence in cache slot ``slot`` at
+    positions 0..T-1. Decode: one token for each sequence 0..B-1 at ``positions`` [B]; each
+    attends to its cache rows 0..positions[b] (``lengths`` = positions + 1, int32)."""
+
+    prefill: bool
+    positions: torch.Tensor
+    slot: int = 0
+    lengths: torch.Tensor | None = None
+
+
+OpFn = Callable[["CudaEngine", Node, list[torch.Tensor], Step],
+                torch.Tensor | tuple[torch.Tensor, ...]]
+
+
+def _opt(eng: "CudaEngine", node: Node, role: str) -> torch.Tensor | None:
+    name = node.weight(role)
+    return eng.weights[name] if name else None
+
+
+def _linear(eng, node, xs, step):
+    return F.linear(xs[0], eng.weights[node.weight("weight")], _opt(eng, node, "bias"))
+
+
+def _w4a16(eng, node, xs, step):
+    from optimizer.kernels.w4a16.triton_gemm import w4a16_linear
+    return w4a16_linear(xs[0], eng.prepared[node.outputs[0]], _opt(eng, node, "bias"))
+
+
+def _qlinear(eng, node, xs, step):
+    """8-bit: the W8A16 kernel; other bit widths: the reference (dequantize each call)."""
+    if node.attr("bits") == 8 and node.outputs[0] in eng.prepared:
+        from optimizer.kernels.w8a16.triton_gemm import w8a16_linear
+        return w8a16_linear(xs[0], eng.prepared[node.outputs[0]], _opt(eng, node, "bias"))
+    from optimizer.kernels.qlinear.reference import qlinear
+    return qlinear(xs[0], eng.weights[node.weight("qweight")], eng.weights[node.weight("scales")],
+                   _opt(eng, node, "zeros"), _opt(eng, node, "g_idx"), _opt(eng, node, "bias"),
+                   node.attr("bits"), node.attr("group_size"))
+
+
+def _w8a8(eng, node, xs, step):
+    from optimizer.kernels.w8a8.triton_gemm import w8a8_linear
+    return w8a8_linear(xs[0], eng.prepared[node.outputs[0]], _opt(eng, node, "bias"))
+
+
+def _rms_norm(eng, node, xs, step):
+    from optimizer.kernels.rms_norm.triton_rms_norm import rms_norm
+    return rms_norm(xs[0], eng.weights[node.weight("weight")], node.attr("eps"))
+
+
+def _add_rms_norm(eng, node, xs, step):
+    from optimizer.kernels.rms_norm.triton_rms_norm import add_rms_norm
+    return add_rms_norm(xs[0], xs[1], eng.weights[node.weight("weight")], node.attr("eps"))
+
+
+def _rope(eng, node, xs, step):
+    from optimizer.kernels.rope.triton_rope import rope
+    return rope(xs[0], xs[1], eng.freqs_of(node), node.attr("n_heads"), node.attr("head_dim"))
+
+
+def _rope_qk(eng, node, xs, step):
+    from optimizer.kernels.rope.triton_rope import rope_qk
+    return rope_qk(xs[0], xs[1], eng.freqs_of(node), node.attr("n_heads"),
+                   node.attr("n_kv_heads"), node.attr("head_dim"))
+
+
+def _silu_mul(eng, node, xs, step):
+    from optimizer.kernels.activation.triton_silu_mul import silu_mul
+    return silu_mul(xs[0])
+
+
+def _split(eng, node, xs, step):
+    return tuple(torch.split(xs[0], list(node.attr("sizes")), -1))
+
+
+def _attention(eng, node, xs, step):
+    """Write this step's k/v into the layer's cache, then attend: prefill with SDPA over the
+    prompt (causal, sliding window as a mask), decode with the split-K decode kernel."""
+    from optimizer.kernels.attention.triton_decode import cache_write, decode_attention
+    q, k, v, _ = xs
+    hq, hk, d = node.attr("n_heads"), node.attr("n_kv_heads"), node.attr("head_dim")
+    window = node.attr("window")
+    kc, vc = eng.cache.layer(node.attr("layer"))
+    if step.prefill:
+        t = q.shape[0]
+        kc[step.slot, :t] = k.reshape(t, hk, d)
+        vc[step.slot, :t] = v.reshape(t, hk, d)
+        qh = q.reshape(1, t, hq, d).transpose(1, 2)                   # [1, Hq, T, D]
+        kh = k.reshape(1, t, hk, d).transpose(1, 2)                   # [1, Hk, T, D]
+        vh = v.reshape(1, t, hk, d).transpose(1, 2)
+        if window is not None and window < t:
+            i = torch.arange(t, device=q.device)
+            mask = (i[None, :] <= i[:, None]) & (i[:, None] - i[None, :] < window)
+            out = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=mask, enable_gqa=True)
+        else:
+            out = F.scaled_dot_product_attention(qh, kh, vh, is_causal=True, enable_gqa=True)
+        return out.transpose(1, 2).reshape(t, hq * d)
+    b = q.shape[0]
+    cache_write(kc[:b], vc[:b], k, v, step.positions)
+    return decode_attention(q.contiguous(), kc[:b], vc[:b], step.lengths, hq, hk, window)
+
+
+OPS: dict[str, OpFn] = {
+    "embedding": lambda eng, n, xs, s: F.embedding(xs[0], eng.weights[n.weight("weight")]),
+    "rms_norm": _rms_norm,
+    "add_rms_norm": _add_rms_norm,
+    "linear": _linear,
+    "w4a16_linear": _w4a16,
+    "qlinear": _qlinear,
+    "qlinear_w8a8": _w8a8,
+    "rope": _rope,
+    "rope_qk": _rope_qk,
+    "attention": _attention,
+    "split": _split,
+    "silu_mul": _silu_mul,
+    "silu_mul2": lambda eng, n, xs, s: F.silu(xs[0]) * xs[1],
+    "silu": lambda eng, n, xs, s: F.silu(xs[0]),
+    "mul": lambda eng, n, xs, s: xs[0] * xs[1],
+    "add": lambda eng, n, xs, s: xs[0] + xs[1],
+}

@@ -1,0 +1,150 @@
+"""``--target cuda`` on the CPU: the pipeline's phases, the cuda-layout pass (structural: the
+IR before/after; numerical: the reference interpreter gives the same logits before and after,
+exactly, since the layout holds the same integers and scales), the manifest's target, and the
+CLI. The GPU engine that runs these artifacts is tested in tests/test_cuda_runtime_gpu.py."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+
+import optimizer
+from optimizer.cli import main
+from optimizer.errors import InvalidInput
+from optimizer.interpreter import Interpreter
+from optimizer.ir import Graph, Node, format_graph
+from optimizer.ir.weights import WeightStore
+from optimizer.kernels.qlinear.reference import dequantize as qlinear_dequantize
+from optimizer.kernels.w4a16 import layout
+from optimizer.pipelines import CUDA_FUSION, INT4_CUDA, BuildRequest, build_pipeline
+from tiny_models import add_tokenizer, save_tiny
+
+CALIB = Path(__file__).parent / "data" / "calib_small.jsonl"
+RTN4 = "quantize-rtn:bits=4,group_size=128"
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory) -> Path:
+    """Llama, hidden 192 (group 128: a partial last group of 64), GQA 6/2."""
+    folder = tmp_path_factory.mktemp("llama")
+    save_tiny("llama", folder, hidden_size=192, intermediate_size=320,
+              num_attention_heads=6, num_key_value_heads=2)
+    add_tokenizer(folder, 96, CALIB)
+    return folder
+
+
+def _logits(g: Graph, ids: torch.Tensor) -> torch.Tensor:
+    store = WeightStore()
+    ex = Interpreter(g, {n: store.load(r) for n, r in g.weights.items()})
+    return ex.step(ids, torch.arange(len(ids)))
+
+
+def _ops(g: Graph) -> Counter:
+    return Counter(n.op for n in g.nodes)
+
+
+def test_pipeline_phases() -> None:
+    specs = build_pipeline(BuildRequest(int4=True, target="cuda"))
+    assert specs == ["dce", INT4_CUDA, "cast-weights:dtype=bfloat16", *CUDA_FUSION,
+                     "cuda-layout"]
+    assert "static_groups=true" in INT4_CUDA
+    specs = build_pipeline(BuildRequest(passes=("dce",), dtype="float16", target="cuda"))
+    assert specs == ["dce", "cast-weights:dtype=float16", *CUDA_FUSION, "cuda-layout"]
+    assert build_pipeline(BuildRequest(passes=("dce",))) == ["dce"]
+    with pytest.raises(InvalidInput, match="unknown target 'tpu'"):
+        build_pipeline(BuildRequest(target="tpu"))
+
+
+def test_cast_weights_keeps_scales(tiny: Path) -> None:
+    g = optimizer.PassManager(["dce", RTN4, "cast-weights:dtype=bfloat16"]).run(
+        optimizer.import_model(tiny))
+    scales = {w for n in g.nodes for r, w in n.weights if r == "scales"}
+    assert scales and all(g.weights[w].dtype == "float16" for w in scales)
+    norms = {w for n in g.nodes if n.op == "rms_norm" for _, w in n.weights}
+    assert all(g.weights[w].dtype == "bfloat16" for w in norms)
+
+
+def test_cuda_layout_structural(tiny: Path) -> None:
+    before = optimizer.PassManager(["dce", RTN4, *CUDA_FUSION]).run(optimizer.import_model(tiny))
+    after = optimizer.PassManager(["cuda-layout:device=cpu"]).run(before)
+    assert _ops(before)["qlinear"] == 2 * 4 and _ops(after)["qlinear"] == 0
+    assert _ops(after)["w4a16_linear"] == 2 * 4
+    assert after.meta["target"] == "cuda"
+    text = format_graph(after)
+    assert "w4a16_linear" in text and "qlinear(" not in text
+    node = next(n for n in after.nodes if n.op == "w4a16_linear"
+                and n.outputs[0] == "l0.qkv")
+    qw, sz = after.weights[node.weight("qweight")], after.weights[node.weight("sz")]
+    n_qkv = (6 + 2 * 2) * 32
+    assert (qw.dtype, qw.shape) == ("int32", (256 // 8, n_qkv))   # K=192 -> 256 rows
+    assert (sz.dtype, sz.shape) == ("int32", (2, n_qkv))          # 2 groups of 128 rows
+    assert node.weight("perm") is None and node.attr("in_features") == 192
+    report = after.meta["rewrites"][-1]
+    assert report["pass"] == "cuda-layout" and report["rules"][0]["applied"] == 8
+
+
+def test_cuda_layout_holds_the_same_weight(tiny: Path) -> None:
+    """Per projection, layout.dequantize of the stored layout equals the qlinear weight."""
+    before = optimizer.PassManager(["dce", RTN4]).run(optimizer.import_model(tiny))
+    after = optimizer.PassManager(["cuda-layout:device=cpu"]).run(before)
+    store = WeightStore()
+    for old, new in zip(before.nodes, after.nodes):
+        if old.op != "qlinear":
+            continue
+        w = {r: store.load(before.weights[n]) for r, n in old.weights}
+        ref = qlinear_dequantize(w["qweight"], w["scales"], w.get("zeros"), w.get("g_idx"),
+                                 4, old.attr("group_size"), old.attr("in_features"))
+        prepared = {r: store.load(after.weights[n]) for r, n in new.weights}
+        assert torch.equal(layout.dequantize(prepared, new.attr("in_features")), ref)
+
+
+@pytest.mark.parametrize("passes", [RTN4, "quantize-rtn:bits=4,group_size=64,sym=true",
+                                    "gptq:bits=4,group_size=128,act_order=true,"
+                                    f"calib={CALIB},calib_samples=4,calib_seq_len=16"])
+def test_cuda_layout_numerical(tiny: Path, passes: str) -> None:
+    """Logits before and after the layout pass are equal (same arithmetic in the
+    reference), with and without act-order (a permutation of the input channels)."""
+    before = optimizer.PassManager(["dce", passes]).run(optimizer.import_model(tiny))
+    after = optimizer.PassManager(["cuda-layout:device=cpu"]).run(before)
+    if passes.startswith("gptq"):
+        assert any(n.weight("perm") for n in after.nodes if n.op == "w4a16_linear")
+    ids = torch.randint(0, 96, (12,), generator=torch.Generator().manual_seed(7))
+    a, b = _logits(before, ids), _logits(after, ids)
+    assert (a - b).abs().max() <= 1e-5 * max(1.0, float(a.abs().max()))
+
+
+def test_target_cuda_artifact_and_cli(tiny: Path, tmp_path: Path) -> None:
+    out = tmp_path / "a"
+    assert main([str(tiny), "-o", str(out), "--target", "cuda", "--passes", RTN4]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["target"] == "cuda"
+    assert [p["name"] for p in manifest["pipeline"]][-1] == "cuda-layout"
+    rt = optimizer.runtime.load(out)                      # the CPU reference runs it
+    ref = optimizer.runtime.load(optimizer.save(optimizer.PassManager(
+        ["dce", RTN4, "cast-weights:dtype=bfloat16"]).run(optimizer.import_model(tiny)),
+        tmp_path / "b"))
+    ids = list(range(1, 20))
+    assert (rt.logits(ids) - ref.logits(ids)).abs().max() <= 1e-4
+
+
+def test_target_cuda_refuses_checkpoint_formats(tiny: Path, tmp_path: Path, capsys) -> None:
+    code = main([str(tiny), "-o", str(tmp_path / "g"), "--target", "cuda", "--passes", RTN4,
+                 "--format", "gptq"])
+    assert code == 2
+    assert "--target cuda" in capsys.readouterr().err
+    assert not (tmp_path / "g").exists()
+
+
+def test_w4a16_linear_schema_is_verified(tiny: Path) -> None:
+    g = optimizer.PassManager(["dce", RTN4, "cuda-layout:device=cpu"]).run(
+        optimizer.import_model(tiny))
+    i, node = next((i, n) for i, n in enumerate(g.nodes) if n.op == "w4a16_linear")
+    bad = Node.make("w4a16_linear", node.inputs, node.outputs, dict(node.weights),
+                    {**dict(node.attrs), "in_features": 100})
+    from optimizer.ir import VerifyError, verify
+    with pytest.raises(VerifyError, match="does not match in_features 100"):
+        verify(g.replace(nodes=g.nodes[:i] + (bad,) + g.nodes[i + 1:]))
