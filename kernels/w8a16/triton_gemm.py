@@ -24,8 +24,9 @@ stores its float32 partial to ``ws[s]`` and bumps the tile's arrival counter (ac
 CTA barrier); the last to arrive sums the partials in split order (deterministic), adds the
 bias, writes y and resets the counter. One launch.
 
-Preconditions (checked in `w8a16_linear`): x [M, K] with unit stride along K; the layout's KP
-a multiple of 128; columns past K (and padding rows of perm) read as zero.
+Preconditions (checked in `w8a16_linear`): x [M, K] with unit stride along K; the layout's
+group size 0, 32, 64 or a multiple of 128 (a K step then lies in one group); layout rows
+past KQ, and channels past K (padding rows of perm), read as zero.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .layout import BLOCK, group_size_of
+from .layout import supported_group
 
 # Dispatch thresholds: first guesses, to be revised with `bench/gemm_int8.py --sweep`.
 GEMV_MAX_M = 0           # M <= this: the CUDA-core kernel (0: never; candidate for M = 1)
@@ -48,9 +49,9 @@ CONVERTS = {"magic32": 0, "magic16": 1, "cvt": 2}
 
 
 @triton.jit
-def _codes(w, sz, dt: tl.constexpr, CONVERT: tl.constexpr):
-    """uint8 codes [BN, BK] and their groups' sz [BN] -> q - z [BN, BK] in ``dt``, exact."""
-    z = (sz >> 16) & 0xFF
+def _codes(w, z, dt: tl.constexpr, CONVERT: tl.constexpr):
+    """uint8 codes [BN, BK] and their groups' zeros int32 [BN] -> q - z [BN, BK] in ``dt``,
+    exact."""
     if CONVERT == 1:           # magic16 (fp16): 0x6400 | u == 1024 + u
         h = (w.to(tl.int32) | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
         a = h - (z + 1024).to(tl.float16)[:, None]
@@ -64,9 +65,24 @@ def _codes(w, sz, dt: tl.constexpr, CONVERT: tl.constexpr):
 
 
 @triton.jit
-def _scale(sz):
-    """float32 [BN] scales from packed sz words."""
-    return (sz & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+def _group(s_ptr, z_ptr, g, G, offs_n, mask_n, HAS_ZEROS: tl.constexpr):
+    """(float32 scales [BN], int32 zeros [BN]) of group g for output channels offs_n."""
+    s = tl.load(s_ptr + offs_n * G + g, mask=mask_n, other=0.0).to(tl.float32)
+    if HAS_ZEROS:
+        z = tl.load(z_ptr + offs_n * G + g, mask=mask_n, other=0).to(tl.int32)
+    else:
+        z = offs_n * 0 + 128
+    return s, z
+
+
+@triton.jit
+def _load_w(w_ptrs, k0, KQ, offs_k, mask_n, EVEN_K: tl.constexpr):
+    """Codes [BN, BK] of layout rows k0 + offs_k (0 past KQ)."""
+    if EVEN_K:
+        w = tl.load(w_ptrs + k0, mask=mask_n[:, None], other=0)
+    else:
+        w = tl.load(w_ptrs + k0, mask=mask_n[:, None] & (k0 + offs_k < KQ)[None, :], other=0)
+    return w
 
 
 @triton.jit
@@ -96,17 +112,19 @@ def _finish(val, y_ptr, ws_ptr, lock_ptr, bias_ptr, y_off, ws_off, n_idx, mask, 
 
 @triton.jit
 def _w8a16_mma_kernel(
-    x_ptr, w_ptr, sz_ptr, perm_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
-    M, N, K, KP, stride_xm, stride_ym,
+    x_ptr, w_ptr, s_ptr, z_ptr, perm_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
+    M, N, K, KQ, G, stride_xm, stride_ym,
     GS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, FACTORED: tl.constexpr,
-    CONVERT: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
+    CONVERT: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_PERM: tl.constexpr,
+    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     """x [M, K] @ W^T -> y [M, N]; grid (tiles_m * tiles_n, SPLIT_K). GS = 0: one group per
     output channel, else GS layout rows per group (a multiple of BK).
 
-    w_ptr: uint8 [N, KP]; sz_ptr: int32 [KP/GS, N]; perm_ptr: int32 [KP] (HAS_PERM);
-    ws_ptr: float32 [SPLIT_K, M, N]; lock_ptr: int32 counters (zero on entry)."""
+    w_ptr: uint8 [N, KQ]; s_ptr: float16 [N, G]; z_ptr: uint8 [N, G] (HAS_ZEROS); perm_ptr:
+    int32 [KQ] (HAS_PERM); ws_ptr: float32 [SPLIT_K, M, N]; lock_ptr: int32 counters (zero
+    on entry). EVEN_K: KQ is a multiple of BK."""
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     tiles_m = tl.cdiv(M, BM)
@@ -117,7 +135,7 @@ def _w8a16_mma_kernel(
     pid_m = first_m + (pid % in_group) % size_m
     pid_n = (pid % in_group) // size_m
 
-    blocks = KP // BK
+    blocks = tl.cdiv(KQ, BK)
     per_split = tl.cdiv(blocks, SPLIT_K)
     b_lo = pid_k * per_split
     b_hi = tl.minimum(b_lo + per_split, blocks)
@@ -128,14 +146,14 @@ def _w8a16_mma_kernel(
     mask_m = offs_m < M
     mask_n = offs_n < N
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm                  # [BM, 1]
-    w_ptrs = w_ptr + offs_n.to(tl.int64)[:, None] * KP + offs_k[None, :]       # [BN, BK]
+    w_ptrs = w_ptr + offs_n.to(tl.int64)[:, None] * KQ + offs_k[None, :]       # [BN, BK]
     dt = x_ptr.dtype.element_ty
 
-    sz = tl.load(sz_ptr + offs_n, mask=mask_n, other=0)                        # group 0
+    s, z = _group(s_ptr, z_ptr, 0, G, offs_n, mask_n, HAS_ZEROS)               # group 0
     acc = tl.zeros((BN, BM), dtype=tl.float32)                                 # y^T tile
     for b in range(b_lo, b_hi):
         k0 = b * BK
-        w = tl.load(w_ptrs + k0, mask=mask_n[:, None], other=0)                # [BN, BK]
+        w = _load_w(w_ptrs, k0, KQ, offs_k, mask_n, EVEN_K)                    # [BN, BK]
         if HAS_PERM:
             ch = tl.load(perm_ptr + k0 + offs_k)
         else:
@@ -143,16 +161,16 @@ def _w8a16_mma_kernel(
         x = tl.load(x_rows + ch[None, :], mask=mask_m[:, None] & (ch[None, :] < K),
                     other=0.0)                                                 # [BM, BK]
         if GS == 0:
-            acc = tl.dot(_codes(w, sz, dt, CONVERT), tl.trans(x), acc)
+            acc = tl.dot(_codes(w, z, dt, CONVERT), tl.trans(x), acc)
         else:
-            sz = tl.load(sz_ptr + (k0 // GS) * N + offs_n, mask=mask_n, other=0)
-            a = _codes(w, sz, dt, CONVERT)                                     # q - z
+            s, z = _group(s_ptr, z_ptr, k0 // GS, G, offs_n, mask_n, HAS_ZEROS)
+            a = _codes(w, z, dt, CONVERT)                                      # q - z
             if FACTORED:
-                acc += _scale(sz)[:, None] * tl.dot(a, tl.trans(x))
+                acc += s[:, None] * tl.dot(a, tl.trans(x))
             else:
-                acc = tl.dot(a * _scale(sz).to(dt)[:, None], tl.trans(x), acc)
+                acc = tl.dot(a * s.to(dt)[:, None], tl.trans(x), acc)
     if GS == 0:
-        acc = acc * _scale(sz)[:, None]
+        acc = acc * s[:, None]
     out = tl.trans(acc)                                                        # [BM, BN]
     mask = mask_m[:, None] & mask_n[None, :]
     y_off = offs_m.to(tl.int64)[:, None] * stride_ym + offs_n[None, :]
@@ -164,17 +182,18 @@ def _w8a16_mma_kernel(
 
 @triton.jit
 def _w8a16_gemv_kernel(
-    x_ptr, w_ptr, sz_ptr, perm_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
-    M, N, K, KP, stride_xm, stride_ym,
+    x_ptr, w_ptr, s_ptr, z_ptr, perm_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
+    M, N, K, KQ, G, stride_xm, stride_ym,
     GS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr,
-    HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
+    HAS_ZEROS: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
+    EVEN_K: tl.constexpr,
 ):
     """One row of x per program: y[m, n-tile] = sum_k (q - z) * x[m, k] (* s) in float32;
     grid (tiles_n, SPLIT_K, M). Operands as in `_w8a16_mma_kernel`."""
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     m = tl.program_id(2)
-    blocks = KP // BK
+    blocks = tl.cdiv(KQ, BK)
     per_split = tl.cdiv(blocks, SPLIT_K)
     b_lo = pid_k * per_split
     b_hi = tl.minimum(b_lo + per_split, blocks)
@@ -182,49 +201,48 @@ def _w8a16_gemv_kernel(
     offs_k = tl.arange(0, BK)
     mask_n = offs_n < N
     x_row = x_ptr + m.to(tl.int64) * stride_xm
-    w_ptrs = w_ptr + offs_n.to(tl.int64)[:, None] * KP + offs_k[None, :]       # [BN, BK]
+    w_ptrs = w_ptr + offs_n.to(tl.int64)[:, None] * KQ + offs_k[None, :]       # [BN, BK]
 
-    sz = tl.load(sz_ptr + offs_n, mask=mask_n, other=0)
+    s, z = _group(s_ptr, z_ptr, 0, G, offs_n, mask_n, HAS_ZEROS)
     wide = tl.zeros((BN, BK), dtype=tl.float32)        # per channel: summed along K at the end
     acc = tl.zeros((BN,), dtype=tl.float32)
     for b in range(b_lo, b_hi):
         k0 = b * BK
-        w = tl.load(w_ptrs + k0, mask=mask_n[:, None], other=0)                # [BN, BK]
+        w = _load_w(w_ptrs, k0, KQ, offs_k, mask_n, EVEN_K)                    # [BN, BK]
         if HAS_PERM:
             ch = tl.load(perm_ptr + k0 + offs_k)
         else:
             ch = k0 + offs_k
         x = tl.load(x_row + ch, mask=ch < K, other=0.0).to(tl.float32)        # [BK]
-        if GS != 0:
-            sz = tl.load(sz_ptr + (k0 // GS) * N + offs_n, mask=mask_n, other=0)
-        a = _codes(w, sz, tl.float32, 0)                                       # q - z, f32
         if GS == 0:
-            wide += a * x[None, :]
+            wide += _codes(w, z, tl.float32, 0) * x[None, :]
         else:
-            acc += _scale(sz) * tl.sum(a * x[None, :], axis=1)
+            s, z = _group(s_ptr, z_ptr, k0 // GS, G, offs_n, mask_n, HAS_ZEROS)
+            acc += s * tl.sum(_codes(w, z, tl.float32, 0) * x[None, :], axis=1)
     if GS == 0:
-        acc = tl.sum(wide, axis=1) * _scale(sz)
+        acc = tl.sum(wide, axis=1) * s
     _finish(acc, y_ptr, ws_ptr, lock_ptr, bias_ptr, m.to(tl.int64) * stride_ym + offs_n,
             m * N + offs_n, offs_n, mask_n, m * tl.cdiv(N, BN) + pid_n, pid_k, M * N,
             SPLIT_K, HAS_BIAS)
 
 
 @triton.jit
-def _dequant_kernel(w_ptr, sz_ptr, perm_ptr, out_ptr, N, K, KP, GS: tl.constexpr,
-                    BN: tl.constexpr, BK: tl.constexpr, HAS_PERM: tl.constexpr):
+def _dequant_kernel(w_ptr, s_ptr, z_ptr, perm_ptr, out_ptr, N, K, KQ, G, GS: tl.constexpr,
+                    BN: tl.constexpr, BK: tl.constexpr, HAS_ZEROS: tl.constexpr,
+                    HAS_PERM: tl.constexpr):
     """out [N, K] (activation dtype) = W, input channels in their original order: (q - z) * s
-    in float32, rounded once; grid (cdiv(N, BN), KP / BK)."""
+    in float32, rounded once; grid (cdiv(N, BN), cdiv(KQ, BK)), BK dividing GS."""
     offs_n = tl.program_id(0) * BN + tl.arange(0, BN)
     k0 = tl.program_id(1) * BK
     offs_k = k0 + tl.arange(0, BK)
     mask_n = offs_n < N
-    w = tl.load(w_ptr + offs_n.to(tl.int64)[:, None] * KP + offs_k[None, :],
-                mask=mask_n[:, None], other=0)
+    w = tl.load(w_ptr + offs_n.to(tl.int64)[:, None] * KQ + offs_k[None, :],
+                mask=mask_n[:, None] & (offs_k < KQ)[None, :], other=0)
     if GS == 0:
-        sz = tl.load(sz_ptr + offs_n, mask=mask_n, other=0)
+        s, z = _group(s_ptr, z_ptr, 0, G, offs_n, mask_n, HAS_ZEROS)
     else:
-        sz = tl.load(sz_ptr + (k0 // GS) * N + offs_n, mask=mask_n, other=0)
-    wd = _codes(w, sz, tl.float32, 0) * _scale(sz)[:, None]
+        s, z = _group(s_ptr, z_ptr, k0 // GS, G, offs_n, mask_n, HAS_ZEROS)
+    wd = _codes(w, z, tl.float32, 0) * s[:, None]
     if HAS_PERM:
         ch = tl.load(perm_ptr + offs_k)
     else:
@@ -237,8 +255,8 @@ def _dequant_kernel(w_ptr, sz_ptr, perm_ptr, out_ptr, N, K, KP, GS: tl.constexpr
 class GemmConfig:
     """Launch parameters. kernel "mma" (`_w8a16_mma_kernel`; block_n >= 64 uses wgmma) or
     "gemv" (`_w8a16_gemv_kernel`; block_m unused). block_k is an upper bound: it is lowered
-    to divide KP and the group size. convert: a key of CONVERTS, or "auto" (magic16 for
-    fp16, magic32 for bf16)."""
+    to divide the group size (and KQ where it can). convert: a key of CONVERTS, or "auto"
+    (magic16 for fp16, magic32 for bf16)."""
 
     block_m: int = 16
     block_n: int = 64
@@ -298,14 +316,14 @@ def choose_split_k(tiles: int, blocks: int, sms: int, per_sm: float = 2.0) -> in
     return max(1, min(-(-int(per_sm * sms) // tiles), blocks // 2, MAX_SPLIT_K))
 
 
-def pick_config(m: int, n: int, kp: int, sms: int = 132) -> GemmConfig:
+def pick_config(m: int, n: int, kq: int, sms: int = 132) -> GemmConfig:
     """First-guess configs per M bucket (unmeasured: revise with bench/gemm_int8.py --sweep).
     Small M: 16-row tiles, 128 columns where N alone fills the SMs, else 64 and split-K."""
     wide_n = -(-n // 128) >= sms
     if m <= GEMV_MAX_M:
         cfg = GemmConfig(16, 64, 128, kernel="gemv", num_warps=4)
         return dataclasses.replace(
-            cfg, split_k=choose_split_k(m * -(-n // 64), kp // 128, sms, 3.0))
+            cfg, split_k=choose_split_k(m * -(-n // 64), kq // 128, sms, 3.0))
     if m <= DECODE_MAX_M:
         cfg = GemmConfig(16, 128 if wide_n else 64, 128, num_warps=4, num_stages=4)
     elif m <= 32:
@@ -319,7 +337,7 @@ def pick_config(m: int, n: int, kp: int, sms: int = 132) -> GemmConfig:
     tiles = -(-m // cfg.block_m) * -(-n // cfg.block_n)
     per_sm = 2.0 if cfg.block_m <= 32 else 1.0
     return dataclasses.replace(
-        cfg, split_k=choose_split_k(tiles, kp // cfg.block_k, sms, per_sm))
+        cfg, split_k=choose_split_k(tiles, kq // cfg.block_k, sms, per_sm))
 
 
 def configs(m: int) -> list[GemmConfig]:
@@ -348,11 +366,15 @@ def configs(m: int) -> list[GemmConfig]:
             GemmConfig(128, 128, 64, num_warps=4, num_stages=4)]
 
 
-def _block_k(bk: int, kp: int, gs: int) -> int:
-    """The largest power of two <= bk dividing KP and (for groups) the group size."""
-    while kp % bk or (gs and gs % bk):
+def _block_k(bk: int, kq: int, gs: int) -> int:
+    """The K step: the largest power of two <= bk dividing the group size, lowered further
+    (not below 32) to divide KQ if that makes K even (no masks)."""
+    while gs and gs % bk:
         bk //= 2
-    return bk
+    even = bk
+    while even > 32 and kq % even:
+        even //= 2
+    return even if kq % even == 0 else bk
 
 
 def _convert(cfg: GemmConfig, dtype: torch.dtype) -> int:
@@ -363,20 +385,28 @@ def _convert(cfg: GemmConfig, dtype: torch.dtype) -> int:
     return CONVERTS[cfg.convert]
 
 
-def _gemm(x: torch.Tensor, prepared: dict[str, torch.Tensor], bias: torch.Tensor | None,
-          y: torch.Tensor, cfg: GemmConfig) -> None:
-    qweight, sz = prepared["qweight"], prepared["sz"]
-    n, kp = qweight.shape
+def _operands(prepared: dict) -> tuple:
+    """(qweight, scales, zeros or scales, perm or scales, gs, flags) of a layout dict."""
+    qweight, scales = prepared["qweight"], prepared["scales"]
+    gs = prepared["group_size"] if scales.shape[1] > 1 else 0
+    if not supported_group(gs):
+        raise ValueError(f"layout: group_size {gs} must be 0, 32, 64 or a multiple of 128 "
+                         f"(see layout.prepare)")
+    zeros, perm = prepared.get("zeros"), prepared.get("perm")
+    return (qweight, scales, scales if zeros is None else zeros,
+            scales if perm is None else perm, gs, zeros is not None, perm is not None)
+
+
+def _gemm(x: torch.Tensor, prepared: dict, bias: torch.Tensor | None, y: torch.Tensor,
+          cfg: GemmConfig) -> None:
+    qweight, scales, zeros, perm, gs, has_z, has_p = _operands(prepared)
+    n, kq = qweight.shape
     m, k = x.shape
-    gs = 0 if sz.shape[0] == 1 else group_size_of(prepared)
-    if kp % BLOCK or (gs and not (gs in (32, 64) or gs % BLOCK == 0)):
-        raise ValueError(f"layout: KP={kp} must be a multiple of {BLOCK} and the group size "
-                         f"{gs} 32, 64 or a multiple of {BLOCK} (see layout.prepare)")
-    bk = _block_k(cfg.block_k, kp, gs)
+    bk = _block_k(cfg.block_k, kq, gs)
     gemv = cfg.kernel == "gemv"
     tiles_m = m if gemv else -(-m // cfg.block_m)
     tiles_n = -(-n // cfg.block_n)
-    split = max(1, min(cfg.split_k, kp // bk))
+    split = max(1, min(cfg.split_k, -(-kq // bk)))
     if split > 1:
         ws = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
         locks = prepared.get("locks")
@@ -385,36 +415,32 @@ def _gemm(x: torch.Tensor, prepared: dict[str, torch.Tensor], bias: torch.Tensor
     else:                                                # unused by the kernels
         ws = torch.empty(1, dtype=torch.float32, device=x.device)
         locks = torch.empty(1, dtype=torch.int32, device=x.device)
-    perm = prepared.get("perm")
-    args = (x, qweight, sz, perm if perm is not None else sz, bias if bias is not None else y,
-            y, ws, locks, m, n, k, kp, x.stride(0), y.stride(0))
+    args = (x, qweight, scales, zeros, perm, bias if bias is not None else y, y, ws, locks,
+            m, n, k, kq, scales.shape[1], x.stride(0), y.stride(0))
+    flags = dict(GS=gs, BN=cfg.block_n, BK=bk, SPLIT_K=split, HAS_ZEROS=has_z,
+                 HAS_PERM=has_p, HAS_BIAS=bias is not None, EVEN_K=kq % bk == 0,
+                 num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if gemv:
-        _w8a16_gemv_kernel[(tiles_n, split, m)](
-            *args, GS=gs, BN=cfg.block_n, BK=bk, SPLIT_K=split, HAS_PERM=perm is not None,
-            HAS_BIAS=bias is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
-        return
-    _w8a16_mma_kernel[(tiles_m * tiles_n, split)](
-        *args, GS=gs, BM=cfg.block_m, BN=cfg.block_n, BK=bk, SPLIT_K=split,
-        GROUP_M=cfg.group_m, FACTORED=cfg.factored, CONVERT=_convert(cfg, x.dtype),
-        HAS_PERM=perm is not None, HAS_BIAS=bias is not None, num_warps=cfg.num_warps,
-        num_stages=cfg.num_stages)
+        _w8a16_gemv_kernel[(tiles_n, split, m)](*args, **flags)
+    else:
+        _w8a16_mma_kernel[(tiles_m * tiles_n, split)](
+            *args, BM=cfg.block_m, GROUP_M=cfg.group_m, FACTORED=cfg.factored,
+            CONVERT=_convert(cfg, x.dtype), **flags)
 
 
-def dequantize_w(prepared: dict[str, torch.Tensor], k: int, dtype: torch.dtype) -> torch.Tensor:
+def dequantize_w(prepared: dict, k: int, dtype: torch.dtype) -> torch.Tensor:
     """W [N, K] in ``dtype``, input channels in their original order; one pass."""
-    qweight, sz = prepared["qweight"], prepared["sz"]
-    n, kp = qweight.shape
-    gs = 0 if sz.shape[0] == 1 else group_size_of(prepared)
-    bk = _block_k(128, kp, gs)
+    qweight, scales, zeros, perm, gs, has_z, has_p = _operands(prepared)
+    n, kq = qweight.shape
+    bk = _block_k(128, kq, gs)
     out = torch.empty((n, k), dtype=dtype, device=qweight.device)
-    perm = prepared.get("perm")
-    _dequant_kernel[(-(-n // 64), kp // bk)](
-        qweight, sz, perm if perm is not None else sz, out, n, k, kp, GS=gs, BN=64, BK=bk,
-        HAS_PERM=perm is not None, num_warps=4)
+    _dequant_kernel[(-(-n // 64), -(-kq // bk))](
+        qweight, scales, zeros, perm, out, n, k, kq, scales.shape[1], GS=gs, BN=64, BK=bk,
+        HAS_ZEROS=has_z, HAS_PERM=has_p, num_warps=4)
     return out
 
 
-def w8a16_linear(x: torch.Tensor, prepared: dict[str, torch.Tensor],
+def w8a16_linear(x: torch.Tensor, prepared: dict,
                  bias: torch.Tensor | None = None, out: torch.Tensor | None = None, *,
                  config: GemmConfig | None = None, path: str = "auto") -> torch.Tensor:
     """x [..., K] (bf16/fp16) -> [..., N] = x @ W^T + bias, W from `layout.prepare`.
@@ -427,10 +453,10 @@ def w8a16_linear(x: torch.Tensor, prepared: dict[str, torch.Tensor],
         raise ValueError(f"x: expected bfloat16 or float16, got {x.dtype}")
     if path not in ("auto", "fused", "cublas"):
         raise ValueError(f"path: expected 'auto', 'fused' or 'cublas', got {path!r}")
-    n, kp = prepared["qweight"].shape
+    n, kq = prepared["qweight"].shape
     lead, k = x.shape[:-1], x.shape[-1]
-    if k > kp:
-        raise ValueError(f"x: {k} input features, the weight has at most {kp}")
+    if k > kq:
+        raise ValueError(f"x: {k} input features, the weight has at most {kq}")
     x2 = x.reshape(-1, k)
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
@@ -449,5 +475,5 @@ def w8a16_linear(x: torch.Tensor, prepared: dict[str, torch.Tensor],
         else:
             torch.mm(x2, w.T, out=y)
     else:
-        _gemm(x2, prepared, bias, y, config or pick_config(m, n, kp, sm_count(x.device)))
+        _gemm(x2, prepared, bias, y, config or pick_config(m, n, kq, sm_count(x.device)))
     return y.reshape(*lead, n)
