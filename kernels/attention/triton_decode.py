@@ -183,7 +183,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         return o
     r = n_heads // n_kv_heads
     block_d = triton.next_power_of_2(d)
-    block_n = block_n or (64 if block_d <= 128 else 32)
+    block_n = block_n or (64 if block_d <= 128 and q.dtype != torch.float32 else 32)
     chunk = chunk or pick_chunk(bsz, hk, s_max, block_n, _sms(q.device))
     nc = triton.cdiv(s_max, chunk)
     lengths = lengths.to(torch.int32)

@@ -76,7 +76,7 @@ def _launch(x: torch.Tensor, positions: torch.Tensor, freqs: torch.Tensor, n_rot
     while bh > 1 and t * triton.cdiv(n_heads, bh) < 2 * _sms(x.device):
         bh //= 2
     bj = triton.next_power_of_2(half)
-    warps = max(1, min(8, bh * bj * 2 * x.element_size() // 512))       # 16 B per thread
+    warps = max(1, min(8, bh * bj * x.element_size() // 512))   # 16 B per thread, each half
     grid = (t, triton.cdiv(n_heads, bh))
     _rope_kernel[grid](x, positions.contiguous(), freqs.float().contiguous(), y, n_rot,
                        n_heads, x.stride(0), y.stride(0), HALF=half, BLOCK_HALF=bj,
