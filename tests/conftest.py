@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -9,8 +10,12 @@ import pytest
 
 @pytest.fixture(scope="session")
 def smollm2_gguf() -> Path:
+    """The GGUF file; $SMOLLM2_GGUF names one where the package is not installed (the GPU
+    machine, which gets the file carried in)."""
     from optimizer.importers import builtin_model_path
 
+    if os.environ.get("SMOLLM2_GGUF"):
+        return Path(os.environ["SMOLLM2_GGUF"])
     try:
         path = builtin_model_path("smollm2")
     except Exception as e:  # package missing
