@@ -26,3 +26,12 @@ def w8a8_linear(x: torch.Tensor, w_q: torch.Tensor, w_scales: torch.Tensor,
     acc = x_q.double() @ w_q.double().T                               # exact integers
     y = (acc * s_x.double() * w_scales.double()[None, :]).float()
     return y + bias.float() if bias is not None else y
+
+
+def w8a8_linear_f64(x: torch.Tensor, w_q: torch.Tensor, w_scales: torch.Tensor,
+                    bias: torch.Tensor | None) -> torch.Tensor:
+    """Float64 [T, N]: `w8a8_linear` with the scaling and the bias in float64 (for tests)."""
+    x_q, s_x = quantize_per_token(x)
+    acc = x_q.double() @ w_q.double().T                               # exact integers
+    y = acc * s_x.double() * w_scales.double()[None, :]
+    return y + bias.double() if bias is not None else y
