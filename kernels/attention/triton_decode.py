@@ -21,8 +21,8 @@ the device, no host syncs; programs past a sequence's length loop zero times and
 nothing. A sequence of length 0 gets zeros.
 
 Preconditions: q [B, Hq*D] (unit stride along the row), k_cache, v_cache [B, S_max, Hk, D]
-with unit stride along D, lengths [B] int32 in [0, S_max], Hq % Hk == 0, D a multiple of 16
-(power of two for full speed: 64 and 128 are the tuned cases).
+with unit stride along D, lengths [B] int32 in [0, S_max], Hq % Hk == 0; any D (masked to a
+power of two >= 16: D = 64 and 128 are the tuned cases).
 """
 
 from __future__ import annotations
@@ -169,9 +169,9 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     if hk != n_kv_heads or n_heads % n_kv_heads or q.shape != (bsz, n_heads * d):
         raise ValueError(f"q {tuple(q.shape)}, cache {tuple(k_cache.shape)}: expected "
                          f"q [B, {n_heads} * D], cache [B, S, {n_kv_heads}, D]")
-    if v_cache.shape != k_cache.shape or lengths.shape != (bsz,) or d % 16:
-        raise ValueError(f"v_cache {tuple(v_cache.shape)}, lengths {tuple(lengths.shape)}, "
-                         f"D = {d} (a multiple of 16)")
+    if v_cache.shape != k_cache.shape or lengths.shape != (bsz,):
+        raise ValueError(f"v_cache {tuple(v_cache.shape)}, lengths {tuple(lengths.shape)}: "
+                         f"expected {tuple(k_cache.shape)}, ({bsz},)")
     if q.stride(1) != 1:
         q = q.contiguous()
     if k_cache.stride(3) != 1 or v_cache.stride(3) != 1:
@@ -182,7 +182,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     if bsz == 0:
         return o
     r = n_heads // n_kv_heads
-    block_d = triton.next_power_of_2(d)
+    block_d = max(16, triton.next_power_of_2(d))
     block_n = block_n or (64 if block_d <= 128 and q.dtype != torch.float32 else 32)
     chunk = chunk or pick_chunk(bsz, hk, s_max, block_n, _sms(q.device))
     nc = triton.cdiv(s_max, chunk)
