@@ -185,6 +185,9 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     block_d = max(16, triton.next_power_of_2(d))
     block_n = block_n or (64 if block_d <= 128 and q.dtype != torch.float32 else 32)
     chunk = chunk or pick_chunk(bsz, hk, s_max, block_n, _sms(q.device))
+    if chunk % block_n or (window is not None and window < 1):
+        raise ValueError(f"chunk {chunk} must be a multiple of block_n {block_n}, "
+                         f"window {window} >= 1")   # tiles must not cross a chunk's end
     nc = triton.cdiv(s_max, chunk)
     lengths = lengths.to(torch.int32)
     qk_scale = (scale if scale is not None else d ** -0.5) * math.log2(math.e)
