@@ -87,7 +87,7 @@ def _load_w(w_ptrs, k0, KQ, offs_k, mask_n, EVEN_K: tl.constexpr):
 
 @triton.jit
 def _finish(val, y_ptr, ws_ptr, lock_ptr, bias_ptr, y_off, ws_off, n_idx, mask, tile, pid_k,
-            MN, SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr):
+            MN, SPLIT_K, HAS_BIAS: tl.constexpr):
     """Write ``val`` (+ bias) to y[y_off] (SPLIT_K == 1), or store it as partial pid_k and
     let the last program of the tile reduce all partials in split order. Any tensor shape:
     y_off / ws_off / n_idx (output channel) / mask have val's shape."""
@@ -97,7 +97,7 @@ def _finish(val, y_ptr, ws_ptr, lock_ptr, bias_ptr, y_off, ws_off, n_idx, mask, 
         count = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel", scope="gpu")
         if count == SPLIT_K - 1:           # last to arrive: reduce in split order
             total = tl.zeros_like(val)
-            for i in tl.static_range(SPLIT_K):
+            for i in range(0, SPLIT_K):
                 total += tl.load(ws_ptr + i * MN + ws_off, mask=mask, other=0.0,
                                  cache_modifier=".cg")
             tl.atomic_xchg(lock_ptr + tile, 0)
@@ -113,9 +113,9 @@ def _finish(val, y_ptr, ws_ptr, lock_ptr, bias_ptr, y_off, ws_off, n_idx, mask, 
 @triton.jit
 def _w8a16_mma_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, perm_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
-    M, N, K, KQ, G, stride_xm, stride_ym,
+    M, N, K, KQ, G, SPLIT_K, stride_xm, stride_ym,
     GS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-    SPLIT_K: tl.constexpr, GROUP_M: tl.constexpr, FACTORED: tl.constexpr,
+    GROUP_M: tl.constexpr, FACTORED: tl.constexpr,
     CONVERT: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_PERM: tl.constexpr,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
 ):
@@ -183,9 +183,8 @@ def _w8a16_mma_kernel(
 @triton.jit
 def _w8a16_gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, perm_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
-    M, N, K, KQ, G, stride_xm, stride_ym,
-    GS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr,
-    HAS_ZEROS: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
+    M, N, K, KQ, G, SPLIT_K, stride_xm, stride_ym,
+    GS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
     EVEN_K: tl.constexpr,
 ):
     """One row of x per program: y[m, n-tile] = sum_k (q - z) * x[m, k] (* s) in float32;
@@ -416,8 +415,8 @@ def _gemm(x: torch.Tensor, prepared: dict, bias: torch.Tensor | None, y: torch.T
         ws = torch.empty(1, dtype=torch.float32, device=x.device)
         locks = torch.empty(1, dtype=torch.int32, device=x.device)
     args = (x, qweight, scales, zeros, perm, bias if bias is not None else y, y, ws, locks,
-            m, n, k, kq, scales.shape[1], x.stride(0), y.stride(0))
-    flags = dict(GS=gs, BN=cfg.block_n, BK=bk, SPLIT_K=split, HAS_ZEROS=has_z,
+            m, n, k, kq, scales.shape[1], split, x.stride(0), y.stride(0))
+    flags = dict(GS=gs, BN=cfg.block_n, BK=bk, HAS_ZEROS=has_z,
                  HAS_PERM=has_p, HAS_BIAS=bias is not None, EVEN_K=kq % bk == 0,
                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if gemv:

@@ -82,9 +82,8 @@ def _epilogue(acc, sx, sw, bias_ptr, y_ptr, offs_m, offs_n, mask, N, stride_ym,
 @triton.jit
 def _w8a8_kernel(
     a_ptr, sx_ptr, w_ptr, sw_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
-    M, N, K, stride_am, stride_ym,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SPLIT_K: tl.constexpr,
-    GROUP_M: tl.constexpr, SWAP: tl.constexpr, QUANT: tl.constexpr,
+    M, N, K, SPLIT_K, stride_am, stride_ym,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, SWAP: tl.constexpr, QUANT: tl.constexpr,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     """y [M, N] = (x_q @ w_q^T) * s_x * s_w + bias; grid (tiles_m * tiles_n, SPLIT_K).
@@ -159,7 +158,7 @@ def _w8a8_kernel(
         count = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel", scope="gpu")
         if count == SPLIT_K - 1:           # last to arrive: reduce in split order (exact)
             total = tl.zeros_like(out)
-            for i in tl.static_range(SPLIT_K):
+            for i in range(0, SPLIT_K):
                 total += tl.load(ws_ptr + i * M * N + ws_off, mask=mask, other=0,
                                  cache_modifier=".cg")
             tl.atomic_xchg(lock_ptr + tile, 0)
@@ -304,8 +303,8 @@ def _gemm(a: torch.Tensor, sx: torch.Tensor | None, prepared: dict[str, torch.Te
         locks = torch.empty(1, dtype=torch.int32, device=a.device)
     _w8a8_kernel[(tiles_m * tiles_n, split)](
         a, sx if sx is not None else sw, w, sw, bias if bias is not None else y, y, ws, locks,
-        m, n, k, a.stride(0), y.stride(0),
-        BM=cfg.block_m, BN=cfg.block_n, BK=bk, SPLIT_K=split, GROUP_M=cfg.group_m,
+        m, n, k, split, a.stride(0), y.stride(0),
+        BM=cfg.block_m, BN=cfg.block_n, BK=bk, GROUP_M=cfg.group_m,
         SWAP=cfg.swap, QUANT=cfg.quant, HAS_BIAS=bias is not None, EVEN_K=k % bk == 0,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
