@@ -68,10 +68,11 @@ def write_checkpoint(folder: Path, layers: int) -> None:
     h, f, v = CFG["hidden_size"], CFG["intermediate_size"], CFG["vocab_size"]
     hd = h // CFG["num_attention_heads"]
     q, kv = h, CFG["num_key_value_heads"] * hd
-    gen = torch.Generator(device="cuda").manual_seed(0)
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    gen = torch.Generator(device=dev).manual_seed(0)
 
     def rnd(*shape: int, std: float = 0.02) -> torch.Tensor:
-        return (torch.randn(*shape, generator=gen, device="cuda") * std).to(torch.bfloat16)
+        return (torch.randn(*shape, generator=gen, device=dev) * std).to(torch.bfloat16)
 
     index, shard, n = {}, {}, 0
 
@@ -229,12 +230,15 @@ def main() -> None:
     ap.add_argument("--peers", default="eager,compile")
     ap.add_argument("--compile-batches", default="1")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--build-only", action="store_true",
+                    help="write the checkpoint and build the artifacts, then stop")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     schemes = [s for s in args.schemes.split(",") if s]
-    bw = copy_bandwidth()
-    print(f"device {torch.cuda.get_device_name()}, copy bandwidth {bw / 1e12:.2f} TB/s",
-          flush=True)
+    bw = 0.0 if args.build_only else copy_bandwidth()
+    if bw:
+        print(f"device {torch.cuda.get_device_name()}, copy bandwidth {bw / 1e12:.2f} TB/s",
+              flush=True)
     ckpt = args.work / "ckpt"
     if not (ckpt / "model.safetensors.index.json").is_file():
         t = time.perf_counter()
@@ -243,6 +247,9 @@ def main() -> None:
     todo = [s for s in schemes if not (args.work / s / "manifest.json").is_file()]
     if todo:
         build_all(ckpt, args.work, todo)
+    if args.build_only:
+        (args.work / "built").write_text("ok\n")
+        return
     rows = []
     for s in schemes:
         r = bench_ours(args.work / s, batches, args.steps, args.prompt, args.prefill)

@@ -196,7 +196,12 @@ def run(artifact: Path, prompt: str, max_new_tokens: int, temperature: float, to
     seconds = time.perf_counter() - start
     click.echo()
     n = len(rt.tokenizer.encode(text, add_special_tokens=False).ids) if text else 0
-    _log(f"{n} tokens in {seconds:.2f} s ({n / seconds:.1f} tok/s, prefill included)")
+    stats = getattr(rt, "last_stats", None)
+    if stats:   # the CUDA runtime times prefill and decode apart
+        _log(f"{n} tokens in {seconds:.2f} s: prefill {stats['prefill_s'] * 1000:.1f} ms, "
+             f"decode {stats['decode_tok_s']:.1f} tok/s")
+    else:
+        _log(f"{n} tokens in {seconds:.2f} s ({n / seconds:.1f} tok/s, prefill included)")
 
 
 @cli.command("passes")
