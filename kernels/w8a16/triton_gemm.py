@@ -184,8 +184,8 @@ def _w8a16_mma_kernel(
 def _w8a16_gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, perm_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
     M, N, K, KQ, G, SPLIT_K, stride_xm, stride_ym,
-    GS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
-    EVEN_K: tl.constexpr,
+    GS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HAS_ZEROS: tl.constexpr,
+    HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     """One row of x per program: y[m, n-tile] = sum_k (q - z) * x[m, k] (* s) in float32;
     grid (tiles_n, SPLIT_K, M). Operands as in `_w8a16_mma_kernel`."""
@@ -308,11 +308,12 @@ def sm_count(device: torch.device) -> int:
 
 
 def choose_split_k(tiles: int, blocks: int, sms: int, per_sm: float = 2.0) -> int:
-    """Splits of K so that ``tiles`` output tiles make about per_sm programs per SM, keeping
-    at least 2 K blocks per split."""
+    """Splits of K so that ``tiles`` output tiles make at most per_sm programs per SM (one
+    wave where per_sm is what fits on an SM: a partial second wave costs more than idle
+    slots), keeping at least 2 K blocks per split."""
     if tiles >= per_sm * sms or blocks < 4:
         return 1
-    return max(1, min(-(-int(per_sm * sms) // tiles), blocks // 2, MAX_SPLIT_K))
+    return max(1, min(int(per_sm * sms) // tiles, blocks // 2, MAX_SPLIT_K))
 
 
 def pick_config(m: int, n: int, kq: int, sms: int = 132) -> GemmConfig:
@@ -327,12 +328,12 @@ def pick_config(m: int, n: int, kq: int, sms: int = 132) -> GemmConfig:
         cfg = GemmConfig(16, 128 if wide_n else 64, 128, num_warps=4, num_stages=4)
     elif m <= 32:
         cfg = GemmConfig(32, 128, 128, num_warps=4, num_stages=4)
-    elif m <= 64:
-        cfg = GemmConfig(64, 128, 128, num_warps=4, num_stages=4)
+    elif m <= 64:      # from here, groups dequantize (one accumulation chain) rather than factor
+        cfg = GemmConfig(64, 128, 128, factored=False, num_warps=4, num_stages=4)
     elif m <= 128:
-        cfg = GemmConfig(128, 128, 128, num_warps=8, num_stages=3)
+        cfg = GemmConfig(128, 128, 128, factored=False, num_warps=8, num_stages=3)
     else:
-        cfg = GemmConfig(128, 256, 64, num_warps=8, num_stages=3)
+        cfg = GemmConfig(128, 256, 64, factored=False, num_warps=8, num_stages=3)
     tiles = -(-m // cfg.block_m) * -(-n // cfg.block_n)
     per_sm = 2.0 if cfg.block_m <= 32 else 1.0
     return dataclasses.replace(
@@ -340,7 +341,8 @@ def pick_config(m: int, n: int, kq: int, sms: int = 132) -> GemmConfig:
 
 
 def configs(m: int) -> list[GemmConfig]:
-    """Candidates for `bench/gemm_int8.py --sweep` at this M (split-K is varied there)."""
+    """Candidates for `bench/gemm_int8.py --sweep` at this M (split-K is varied there;
+    ``factored`` only matters for grouped weights)."""
     if m <= 16:
         c = [GemmConfig(16, 64, 128), GemmConfig(16, 128, 128), GemmConfig(16, 64, 256),
              GemmConfig(16, 128, 128, num_stages=3), GemmConfig(16, 256, 128, num_warps=8),
@@ -352,17 +354,19 @@ def configs(m: int) -> list[GemmConfig]:
     if m <= 64:
         bm = max(16, triton.next_power_of_2(m))
         return [GemmConfig(bm, 128, 128), GemmConfig(bm, 64, 128),
+                GemmConfig(bm, 128, 128, factored=False),
                 GemmConfig(bm, 128, 128, num_warps=8, num_stages=3),
                 GemmConfig(bm, 128, 64, num_stages=5)]
     if m <= 128:
-        return [GemmConfig(128, 128, 128, num_warps=8, num_stages=3),
-                GemmConfig(128, 128, 64, num_warps=4, num_stages=4),
-                GemmConfig(64, 128, 128, num_warps=4, num_stages=4),
-                GemmConfig(128, 256, 64, num_warps=8, num_stages=3)]
-    return [GemmConfig(128, 256, 64, num_warps=8, num_stages=3),
-            GemmConfig(256, 128, 64, num_warps=8, num_stages=3),
-            GemmConfig(128, 128, 128, num_warps=8, num_stages=3),
-            GemmConfig(128, 128, 64, num_warps=4, num_stages=4)]
+        return [GemmConfig(128, 128, 128, factored=False, num_warps=8, num_stages=3),
+                GemmConfig(128, 128, 64, factored=False, num_warps=4, num_stages=4),
+                GemmConfig(64, 128, 128, factored=False, num_warps=4, num_stages=4),
+                GemmConfig(128, 256, 64, factored=False, num_warps=8, num_stages=3),
+                GemmConfig(128, 128, 128, factored=True, num_warps=8, num_stages=3)]
+    return [GemmConfig(128, 256, 64, factored=False, num_warps=8, num_stages=3),
+            GemmConfig(256, 128, 64, factored=False, num_warps=8, num_stages=3),
+            GemmConfig(128, 128, 128, factored=False, num_warps=8, num_stages=3),
+            GemmConfig(128, 128, 64, factored=False, num_warps=4, num_stages=4)]
 
 
 def _block_k(bk: int, kq: int, gs: int) -> int:

@@ -83,8 +83,8 @@ def _epilogue(acc, sx, sw, bias_ptr, y_ptr, offs_m, offs_n, mask, N, stride_ym,
 def _w8a8_kernel(
     a_ptr, sx_ptr, w_ptr, sw_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
     M, N, K, SPLIT_K, stride_am, stride_ym,
-    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr, SWAP: tl.constexpr, QUANT: tl.constexpr,
-    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+    BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
+    SWAP: tl.constexpr, QUANT: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     """y [M, N] = (x_q @ w_q^T) * s_x * s_w + bias; grid (tiles_m * tiles_n, SPLIT_K).
 
@@ -214,11 +214,12 @@ def sm_count(device: torch.device) -> int:
 
 
 def choose_split_k(tiles: int, blocks: int, sms: int, per_sm: float = 2.0) -> int:
-    """Splits of K so that ``tiles`` output tiles make about per_sm programs per SM, keeping
-    at least 2 K blocks per split."""
+    """Splits of K so that ``tiles`` output tiles make at most per_sm programs per SM (one
+    wave where per_sm is what fits on an SM: a partial second wave costs more than idle
+    slots), keeping at least 2 K blocks per split."""
     if tiles >= per_sm * sms or blocks < 4:
         return 1
-    return max(1, min(-(-int(per_sm * sms) // tiles), blocks // 2, MAX_SPLIT_K))
+    return max(1, min(int(per_sm * sms) // tiles, blocks // 2, MAX_SPLIT_K))
 
 
 def pick_config(m: int, n: int, k: int, sms: int = 132) -> GemmConfig:
