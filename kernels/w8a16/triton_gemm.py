@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .layout import supported_group
+from .layout import SYM_ZERO, supported_group
 
 # Dispatch thresholds: first guesses, to be revised with `bench/gemm_int8.py --sweep`.
 GEMV_MAX_M = 0           # M <= this: the CUDA-core kernel (0: never; candidate for M = 1)
@@ -65,13 +65,23 @@ def _codes(w, z, dt: tl.constexpr, CONVERT: tl.constexpr):
 
 
 @triton.jit
-def _group(s_ptr, z_ptr, g, G, offs_n, mask_n, HAS_ZEROS: tl.constexpr):
-    """(float32 scales [BN], int32 zeros [BN]) of group g for output channels offs_n."""
+def _group(s_ptr, z_ptr, g, G, offs_n, mask_n, ZSYM, HAS_ZEROS: tl.constexpr,
+           HOIST: tl.constexpr):
+    """(float32 scales [BN], int32 zeros [BN]) of group g for output channels offs_n.
+
+    Symmetric (no zeros tensor): z = ZSYM (128). HOIST: taken from a load that never
+    accesses memory (mask all false), so that Triton, seeing the codes' operands come from
+    loads, reads the codes from shared memory straight in the MMA operand layout (checked in
+    the sm_90 SASS: no STS/LDSM round trip, 2 barriers per K step instead of 5, but 8-byte
+    cp.async for the codes instead of 16). Else a splat of the runtime ZSYM (a compile-time
+    constant would fold the same way)."""
     s = tl.load(s_ptr + offs_n * G + g, mask=mask_n, other=0.0).to(tl.float32)
     if HAS_ZEROS:
         z = tl.load(z_ptr + offs_n * G + g, mask=mask_n, other=0).to(tl.int32)
+    elif HOIST:
+        z = tl.load(z_ptr + offs_n, mask=offs_n < 0, other=ZSYM).to(tl.int32)
     else:
-        z = offs_n * 0 + 128
+        z = offs_n * 0 + ZSYM
     return s, z
 
 
@@ -113,11 +123,11 @@ def _finish(val, y_ptr, ws_ptr, lock_ptr, bias_ptr, y_off, ws_off, n_idx, mask, 
 @triton.jit
 def _w8a16_mma_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, perm_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
-    M, N, K, KQ, G, SPLIT_K, stride_xm, stride_ym,
+    M, N, K, KQ, G, SPLIT_K, ZSYM, stride_xm, stride_ym,
     GS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     GROUP_M: tl.constexpr, FACTORED: tl.constexpr,
     CONVERT: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_PERM: tl.constexpr,
-    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, HOIST: tl.constexpr,
 ):
     """x [M, K] @ W^T -> y [M, N]; grid (tiles_m * tiles_n, SPLIT_K). GS = 0: one group per
     output channel, else GS layout rows per group (a multiple of BK).
@@ -149,7 +159,7 @@ def _w8a16_mma_kernel(
     w_ptrs = w_ptr + offs_n.to(tl.int64)[:, None] * KQ + offs_k[None, :]       # [BN, BK]
     dt = x_ptr.dtype.element_ty
 
-    s, z = _group(s_ptr, z_ptr, 0, G, offs_n, mask_n, HAS_ZEROS)               # group 0
+    s, z = _group(s_ptr, z_ptr, 0, G, offs_n, mask_n, ZSYM, HAS_ZEROS, HOIST)       # group 0
     acc = tl.zeros((BN, BM), dtype=tl.float32)                                 # y^T tile
     for b in range(b_lo, b_hi):
         k0 = b * BK
@@ -160,10 +170,11 @@ def _w8a16_mma_kernel(
             ch = k0 + offs_k
         x = tl.load(x_rows + ch[None, :], mask=mask_m[:, None] & (ch[None, :] < K),
                     other=0.0)                                                 # [BM, BK]
-        if GS == 0:
-            acc = tl.dot(_codes(w, z, dt, CONVERT), tl.trans(x), acc)
+        if GS == 0:        # a fresh dot, not dot(a, x, acc): Triton then reads the codes
+            acc += tl.dot(_codes(w, z, dt, CONVERT), tl.trans(x))   # from smem in MMA layout
         else:
-            s, z = _group(s_ptr, z_ptr, k0 // GS, G, offs_n, mask_n, HAS_ZEROS)
+            s, z = _group(s_ptr, z_ptr, k0 // GS, G, offs_n, mask_n, ZSYM, HAS_ZEROS,
+                          HOIST)
             a = _codes(w, z, dt, CONVERT)                                      # q - z
             if FACTORED:
                 acc += s[:, None] * tl.dot(a, tl.trans(x))
@@ -183,7 +194,7 @@ def _w8a16_mma_kernel(
 @triton.jit
 def _w8a16_gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, perm_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
-    M, N, K, KQ, G, SPLIT_K, stride_xm, stride_ym,
+    M, N, K, KQ, G, SPLIT_K, ZSYM, stride_xm, stride_ym,
     GS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HAS_ZEROS: tl.constexpr,
     HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
 ):
@@ -202,7 +213,7 @@ def _w8a16_gemv_kernel(
     x_row = x_ptr + m.to(tl.int64) * stride_xm
     w_ptrs = w_ptr + offs_n.to(tl.int64)[:, None] * KQ + offs_k[None, :]       # [BN, BK]
 
-    s, z = _group(s_ptr, z_ptr, 0, G, offs_n, mask_n, HAS_ZEROS)
+    s, z = _group(s_ptr, z_ptr, 0, G, offs_n, mask_n, ZSYM, HAS_ZEROS, False)
     wide = tl.zeros((BN, BK), dtype=tl.float32)        # per channel: summed along K at the end
     acc = tl.zeros((BN,), dtype=tl.float32)
     for b in range(b_lo, b_hi):
@@ -216,7 +227,8 @@ def _w8a16_gemv_kernel(
         if GS == 0:
             wide += _codes(w, z, tl.float32, 0) * x[None, :]
         else:
-            s, z = _group(s_ptr, z_ptr, k0 // GS, G, offs_n, mask_n, HAS_ZEROS)
+            s, z = _group(s_ptr, z_ptr, k0 // GS, G, offs_n, mask_n, ZSYM, HAS_ZEROS,
+                          False)
             acc += s * tl.sum(_codes(w, z, tl.float32, 0) * x[None, :], axis=1)
     if GS == 0:
         acc = tl.sum(wide, axis=1) * s
@@ -226,7 +238,7 @@ def _w8a16_gemv_kernel(
 
 
 @triton.jit
-def _dequant_kernel(w_ptr, s_ptr, z_ptr, perm_ptr, out_ptr, N, K, KQ, G, GS: tl.constexpr,
+def _dequant_kernel(w_ptr, s_ptr, z_ptr, perm_ptr, out_ptr, N, K, KQ, G, ZSYM, GS: tl.constexpr,
                     BN: tl.constexpr, BK: tl.constexpr, HAS_ZEROS: tl.constexpr,
                     HAS_PERM: tl.constexpr):
     """out [N, K] (activation dtype) = W, input channels in their original order: (q - z) * s
@@ -238,9 +250,9 @@ def _dequant_kernel(w_ptr, s_ptr, z_ptr, perm_ptr, out_ptr, N, K, KQ, G, GS: tl.
     w = tl.load(w_ptr + offs_n.to(tl.int64)[:, None] * KQ + offs_k[None, :],
                 mask=mask_n[:, None] & (offs_k < KQ)[None, :], other=0)
     if GS == 0:
-        s, z = _group(s_ptr, z_ptr, 0, G, offs_n, mask_n, HAS_ZEROS)
+        s, z = _group(s_ptr, z_ptr, 0, G, offs_n, mask_n, ZSYM, HAS_ZEROS, False)
     else:
-        s, z = _group(s_ptr, z_ptr, k0 // GS, G, offs_n, mask_n, HAS_ZEROS)
+        s, z = _group(s_ptr, z_ptr, k0 // GS, G, offs_n, mask_n, ZSYM, HAS_ZEROS, False)
     wd = _codes(w, z, tl.float32, 0) * s[:, None]
     if HAS_PERM:
         ch = tl.load(perm_ptr + offs_k)
@@ -255,7 +267,8 @@ class GemmConfig:
     """Launch parameters. kernel "mma" (`_w8a16_mma_kernel`; block_n >= 64 uses wgmma) or
     "gemv" (`_w8a16_gemv_kernel`; block_m unused). block_k is an upper bound: it is lowered
     to divide the group size (and KQ where it can). convert: a key of CONVERTS, or "auto"
-    (magic16 for fp16, magic32 for bf16)."""
+    (magic16 for fp16, magic32 for bf16). hoist: symmetric codes read in the MMA layout
+    (see `_group`)."""
 
     block_m: int = 16
     block_n: int = 64
@@ -267,6 +280,7 @@ class GemmConfig:
     group_m: int = 8
     kernel: str = "mma"
     convert: str = "auto"
+    hoist: bool = True
 
     def __post_init__(self) -> None:
         for key, lo in (("block_m", 16), ("block_n", 16), ("block_k", 32)):
@@ -292,7 +306,8 @@ class GemmConfig:
         kind = "fac" if self.factored else "deq"
         return (f"{kind} {self.block_m}x{self.block_n}x{self.block_k} s{self.split_k} "
                 f"w{self.num_warps} st{self.num_stages}"
-                + ("" if self.convert == "auto" else f" {self.convert}"))
+                + ("" if self.convert == "auto" else f" {self.convert}")
+                + ("" if self.hoist else " nohoist"))
 
 
 @functools.lru_cache(maxsize=None)
@@ -346,6 +361,7 @@ def configs(m: int) -> list[GemmConfig]:
     if m <= 16:
         c = [GemmConfig(16, 64, 128), GemmConfig(16, 128, 128), GemmConfig(16, 64, 256),
              GemmConfig(16, 128, 128, num_stages=3), GemmConfig(16, 256, 128, num_warps=8),
+             GemmConfig(16, 64, 128, hoist=False), GemmConfig(16, 128, 128, hoist=False),
              GemmConfig(16, 64, 128, convert="cvt")]
         if m == 1:
             c += [GemmConfig(16, 64, 128, kernel="gemv"), GemmConfig(16, 32, 256, kernel="gemv"),
@@ -419,7 +435,7 @@ def _gemm(x: torch.Tensor, prepared: dict, bias: torch.Tensor | None, y: torch.T
         ws = torch.empty(1, dtype=torch.float32, device=x.device)
         locks = torch.empty(1, dtype=torch.int32, device=x.device)
     args = (x, qweight, scales, zeros, perm, bias if bias is not None else y, y, ws, locks,
-            m, n, k, kq, scales.shape[1], split, x.stride(0), y.stride(0))
+            m, n, k, kq, scales.shape[1], split, SYM_ZERO, x.stride(0), y.stride(0))
     flags = dict(GS=gs, BN=cfg.block_n, BK=bk, HAS_ZEROS=has_z,
                  HAS_PERM=has_p, HAS_BIAS=bias is not None, EVEN_K=kq % bk == 0,
                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
@@ -428,7 +444,7 @@ def _gemm(x: torch.Tensor, prepared: dict, bias: torch.Tensor | None, y: torch.T
     else:
         _w8a16_mma_kernel[(tiles_m * tiles_n, split)](
             *args, BM=cfg.block_m, GROUP_M=cfg.group_m, FACTORED=cfg.factored,
-            CONVERT=_convert(cfg, x.dtype), **flags)
+            CONVERT=_convert(cfg, x.dtype), HOIST=cfg.hoist, **flags)
 
 
 def dequantize_w(prepared: dict, k: int, dtype: torch.dtype) -> torch.Tensor:
@@ -438,7 +454,8 @@ def dequantize_w(prepared: dict, k: int, dtype: torch.dtype) -> torch.Tensor:
     bk = _block_k(128, kq, gs)
     out = torch.empty((n, k), dtype=dtype, device=qweight.device)
     _dequant_kernel[(-(-n // 64), -(-kq // bk))](
-        qweight, scales, zeros, perm, out, n, k, kq, scales.shape[1], GS=gs, BN=64, BK=bk,
+        qweight, scales, zeros, perm, out, n, k, kq, scales.shape[1], SYM_ZERO, GS=gs, BN=64,
+        BK=bk,
         HAS_ZEROS=has_z, HAS_PERM=has_p, num_warps=4)
     return out
 
