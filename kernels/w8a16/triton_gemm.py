@@ -97,11 +97,11 @@ def _load_w(w_ptrs, k0, KQ, offs_k, mask_n, EVEN_K: tl.constexpr):
 
 @triton.jit
 def _finish(val, y_ptr, ws_ptr, lock_ptr, bias_ptr, y_off, ws_off, n_idx, mask, tile, pid_k,
-            MN, SPLIT_K, HAS_BIAS: tl.constexpr):
-    """Write ``val`` (+ bias) to y[y_off] (SPLIT_K == 1), or store it as partial pid_k and
-    let the last program of the tile reduce all partials in split order. Any tensor shape:
-    y_off / ws_off / n_idx (output channel) / mask have val's shape."""
-    if SPLIT_K > 1:
+            MN, SPLIT_K, SPLIT: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Write ``val`` (+ bias) to y[y_off] (not SPLIT), or store it as partial pid_k of
+    SPLIT_K and let the last program of the tile reduce all partials in split order. Any
+    tensor shape: y_off / ws_off / n_idx (output channel) / mask have val's shape."""
+    if SPLIT:
         tl.store(ws_ptr + pid_k * MN + ws_off, val, mask=mask)
         tl.debug_barrier()                 # all partial stores of this CTA before the release
         count = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel", scope="gpu")
@@ -127,7 +127,7 @@ def _w8a16_mma_kernel(
     GS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     GROUP_M: tl.constexpr, FACTORED: tl.constexpr,
     CONVERT: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_PERM: tl.constexpr,
-    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, HOIST: tl.constexpr,
+    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr, HOIST: tl.constexpr,
 ):
     """x [M, K] @ W^T -> y [M, N]; grid (tiles_m * tiles_n, SPLIT_K). GS = 0: one group per
     output channel, else GS layout rows per group (a multiple of BK).
@@ -188,7 +188,7 @@ def _w8a16_mma_kernel(
     ws_off = offs_m[:, None] * N + offs_n[None, :]
     n_idx = offs_n[None, :] + 0 * offs_m[:, None]
     _finish(out, y_ptr, ws_ptr, lock_ptr, bias_ptr, y_off, ws_off, n_idx, mask,
-            pid_m * tiles_n + pid_n, pid_k, M * N, SPLIT_K, HAS_BIAS)
+            pid_m * tiles_n + pid_n, pid_k, M * N, SPLIT_K, SPLIT, HAS_BIAS)
 
 
 @triton.jit
@@ -196,7 +196,7 @@ def _w8a16_gemv_kernel(
     x_ptr, w_ptr, s_ptr, z_ptr, perm_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
     M, N, K, KQ, G, SPLIT_K, ZSYM, stride_xm, stride_ym,
     GS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HAS_ZEROS: tl.constexpr,
-    HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+    HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr,
 ):
     """One row of x per program: y[m, n-tile] = sum_k (q - z) * x[m, k] (* s) in float32;
     grid (tiles_n, SPLIT_K, M). Operands as in `_w8a16_mma_kernel`."""
@@ -234,7 +234,7 @@ def _w8a16_gemv_kernel(
         acc = tl.sum(wide, axis=1) * s
     _finish(acc, y_ptr, ws_ptr, lock_ptr, bias_ptr, m.to(tl.int64) * stride_ym + offs_n,
             m * N + offs_n, offs_n, mask_n, m * tl.cdiv(N, BN) + pid_n, pid_k, M * N,
-            SPLIT_K, HAS_BIAS)
+            SPLIT_K, SPLIT, HAS_BIAS)
 
 
 @triton.jit
@@ -436,8 +436,8 @@ def _gemm(x: torch.Tensor, prepared: dict, bias: torch.Tensor | None, y: torch.T
         locks = torch.empty(1, dtype=torch.int32, device=x.device)
     args = (x, qweight, scales, zeros, perm, bias if bias is not None else y, y, ws, locks,
             m, n, k, kq, scales.shape[1], split, SYM_ZERO, x.stride(0), y.stride(0))
-    flags = dict(GS=gs, BN=cfg.block_n, BK=bk, HAS_ZEROS=has_z,
-                 HAS_PERM=has_p, HAS_BIAS=bias is not None, EVEN_K=kq % bk == 0,
+    flags = dict(GS=gs, BN=cfg.block_n, BK=bk, HAS_ZEROS=has_z, HAS_PERM=has_p,
+                 HAS_BIAS=bias is not None, EVEN_K=kq % bk == 0, SPLIT=split > 1,
                  num_warps=cfg.num_warps, num_stages=cfg.num_stages)
     if gemv:
         _w8a16_gemv_kernel[(tiles_n, split, m)](*args, **flags)

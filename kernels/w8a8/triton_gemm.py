@@ -85,12 +85,13 @@ def _w8a8_kernel(
     M, N, K, SPLIT_K, stride_am, stride_ym,
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
     SWAP: tl.constexpr, QUANT: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
     """y [M, N] = (x_q @ w_q^T) * s_x * s_w + bias; grid (tiles_m * tiles_n, SPLIT_K).
 
     a_ptr: x_q int8 [M, K] with s_x at sx_ptr, or (QUANT) x itself (float); w_ptr: int8
     [N, K]; sw_ptr: float32 [N]; ws_ptr: int32 [SPLIT_K, M, N]; lock_ptr: int32 counters
-    (zero on entry). EVEN_K: K is a multiple of BK."""
+    (zero on entry). EVEN_K: K is a multiple of BK; SPLIT: SPLIT_K > 1."""
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     tiles_m = tl.cdiv(M, BM)
@@ -150,7 +151,7 @@ def _w8a8_kernel(
         out = acc
     sw = tl.load(sw_ptr + offs_n, mask=mask_n, other=0.0)
     mask = mask_m[:, None] & mask_n[None, :]
-    if SPLIT_K > 1:
+    if SPLIT:
         ws_off = offs_m[:, None] * N + offs_n[None, :]
         tl.store(ws_ptr + pid_k * M * N + ws_off, out, mask=mask)
         tl.debug_barrier()                 # all partial stores of this CTA before the release
@@ -307,6 +308,7 @@ def _gemm(a: torch.Tensor, sx: torch.Tensor | None, prepared: dict[str, torch.Te
         m, n, k, split, a.stride(0), y.stride(0),
         BM=cfg.block_m, BN=cfg.block_n, BK=bk, GROUP_M=cfg.group_m,
         SWAP=cfg.swap, QUANT=cfg.quant, HAS_BIAS=bias is not None, EVEN_K=k % bk == 0,
+        SPLIT=split > 1,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
