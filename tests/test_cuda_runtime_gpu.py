@@ -191,7 +191,8 @@ class TestGPU:
 @pytest.mark.skipif(not (HAS_TRITON and INTERPRET), reason="needs triton and TRITON_INTERPRET=1")
 class TestInterpreter:
     @pytest.mark.parametrize("kind,scheme", [("llama", "rtn4"), ("qwen2", "bf16"),
-                                             ("mistral", "rtn4-sym-g64")])
+                                             ("mistral", "rtn4-sym-g64"), ("llama", "int8"),
+                                             ("qwen2", "w8a8")])
     def test_prefill_and_decode(self, tmp_path_factory, kind: str, scheme: str) -> None:
         art = _build(tmp_path_factory.mktemp("a"), kind, scheme, "float16")
         _check_prefill(art, "cpu", torch.float16)
