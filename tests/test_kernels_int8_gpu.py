@@ -281,14 +281,18 @@ class TestGPU:
         check_w8a16(m, 1536, 576, group, sym=True, bias=True, dtype=torch.float16)
 
     @pytest.mark.parametrize("m", [1, 5, 130])
-    @pytest.mark.parametrize("variant", ["fac", "fac-split3", "deq", "deq-split2", "gemv",
-                                         "gemv-split4", "cvt", "magic32", "big", "cublas"])
-    @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-    @pytest.mark.parametrize("group", [0, 64])
+    @pytest.mark.parametrize("variant,dtype,group", [
+        ("fac", torch.bfloat16, 0), ("fac", torch.float16, 64), ("fac-split3", torch.bfloat16, 64),
+        ("deq", torch.bfloat16, 64), ("deq", torch.float16, 64),
+        ("deq-split2", torch.bfloat16, 64), ("gemv", torch.bfloat16, 0),
+        ("gemv", torch.float16, 64), ("gemv-split4", torch.bfloat16, 64),
+        ("cvt", torch.bfloat16, 0), ("cvt", torch.float16, 64), ("magic32", torch.float16, 0),
+        ("nohoist", torch.bfloat16, 0), ("big", torch.bfloat16, 0), ("big", torch.float16, 64),
+        ("cublas", torch.bfloat16, 0), ("cublas", torch.float16, 64)])
     def test_w8a16_every_path(self, m: int, variant: str, dtype: torch.dtype,
                               group: int) -> None:
-        """Each kernel variant on ragged sizes (N, M not tile multiples; K = 1000 not a
-        multiple of 32, so masked K tails), bias, act-order for groups."""
+        """Each kernel variant on ragged sizes (N, M not tile multiples; group 0 with K = 1000,
+        not a multiple of 32: masked K tails), bias, act-order for group 64."""
         tg = _w8a16_gemm()
         C = tg.GemmConfig
         cfgs = {"fac": C(16, 64, 128), "fac-split3": C(32, 128, 128, split_k=3),
@@ -296,8 +300,9 @@ class TestGPU:
                 "deq-split2": C(128, 128, 128, 2, factored=False, num_warps=8, num_stages=3),
                 "gemv": C(16, 64, 128, kernel="gemv"),
                 "gemv-split4": C(16, 32, 256, 4, kernel="gemv"),
-                "cvt": C(16, 64, 128, convert="cvt"), "magic32": C(16, 64, 128, 2,
-                                                                    convert="magic32"),
+                "cvt": C(16, 64, 128, convert="cvt"),
+                "magic32": C(16, 64, 128, 2, convert="magic32"),
+                "nohoist": C(16, 64, 128, 3, hoist=False),
                 "big": C(128, 256, 64, num_warps=8, num_stages=3)}
         k = 1000 if group == 0 else 576
         check_w8a16(m, 1000, k, group, act_order=group > 0, bias=True, dtype=dtype,
@@ -410,6 +415,7 @@ W8A16_INTERP = [   # m, n, k, group, sym, act_order, bias, dtype, config kwargs
     (3, 40, 1000, 0, True, False, True, torch.bfloat16, dict(block_n=16, split_k=3,
                                                              kernel="gemv")),
     (1, 40, 1000, 0, False, False, False, torch.float16, dict(block_n=64, kernel="gemv")),
+    (5, 40, 576, 0, True, False, True, torch.float16, dict(block_n=32, split_k=2, hoist=False)),
 ]
 
 W8A8_INTERP = [   # m, n, k, bias, dtype, config kwargs
