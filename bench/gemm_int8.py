@@ -5,7 +5,8 @@ M in 1 .. 4096.
     python bench/gemm_int8.py                 # full table (about 1-2 minutes on an H100)
     python bench/gemm_int8.py --quick         # the four Llama-3-8B shapes, fewer M
     python bench/gemm_int8.py --check         # quick correctness (a few shapes); 1 on FAIL
-    python bench/gemm_int8.py --sweep --shapes "o 8B,down 8B" --ms 1,16,128
+    python bench/gemm_int8.py --sweep         # configs per M (8B shapes, M 1,16,128,512; ~3 min)
+    python bench/gemm_int8.py --sweep --shapes "o 8B,down 8B" --ms 1,16
     python bench/gemm_int8.py --group 128     # W8A16 with group-128 asymmetric codes
 
 Method: copy bandwidth first (device-to-device copy of 2 GiB, bytes read + written). Weights:
@@ -215,8 +216,9 @@ def run_check(group: int) -> bool:
 
 
 def sweep_shape(name: str, ms: list[int], bw: float, group: int) -> list[dict]:
-    """Each candidate config of `configs(m)` (split-K 1, the heuristic's, half and double),
-    plus the library paths (cuBLAS / int_mm) from M = 128; the best four per kernel."""
+    """Each candidate config of `configs(m)` (split-K 1, the heuristic's and double it),
+    plus the library paths (cuBLAS / int_mm) from M = 128; prints the best four per kernel,
+    shape and M next to the default pick."""
     k, n = SHAPES[name]
     layer = Layer(k, n, group)
     sms = t16.sm_count(torch.device(DEV))
@@ -232,7 +234,7 @@ def sweep_shape(name: str, ms: list[int], bw: float, group: int) -> list[dict]:
                 gemv = getattr(cfg, "kernel", "mma") == "gemv"
                 tiles = (m if gemv else -(-m // cfg.block_m)) * -(-n // cfg.block_n)
                 auto = mod.choose_split_k(tiles, -(-k // cfg.block_k), sms)
-                for split in sorted({1, auto, max(1, auto // 2), min(2 * auto, 16)}):
+                for split in sorted({1, auto, min(2 * auto, 16)}):
                     c = dataclasses.replace(cfg, split_k=split)
                     try:
                         fn(x, copies[0], config=c)
