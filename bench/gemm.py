@@ -3,7 +3,7 @@ PyTorch's int4 tinygemm (``torch.ops.aten._weight_int4pack_mm``) on Llama-2-7B /
 linear shapes (those of ../shared/peer/anchor_gemm.py), M in 1 .. 4096.
 
     python bench/gemm.py                  # full table (1-2 minutes on an H100)
-    python bench/gemm.py --sweep          # try configs per M bucket (to set the thresholds)
+    python bench/w4a16_sweep.py           # try configs per (shape, M): sets pick_config
     python bench/gemm.py --shapes "o 7B" --ms 1,16,128
     python bench/gemm.py --profile        # do_bench vs CUDA-graph times (for ncu)
 
@@ -39,7 +39,8 @@ from kernels.w4a16 import layout, reference  # noqa: E402
 from kernels.w4a16 import triton_gemm as tg  # noqa: E402
 
 SHAPES = {"qkv 7B": (4096, 12288), "o 7B": (4096, 4096), "gateup 7B": (4096, 22016),
-          "down 7B": (11008, 4096), "gateup 8B": (4096, 28672), "down 8B": (14336, 4096)}
+          "down 7B": (11008, 4096), "qkv 8B": (4096, 6144), "gateup 8B": (4096, 28672),
+          "down 8B": (14336, 4096)}                     # "o 8B" is "o 7B"
 MS = (1, 2, 4, 8, 16, 32, 64, 128, 512, 4096)
 GROUP = 128
 ROTATE_BYTES = 256 << 20
@@ -141,14 +142,14 @@ def check(layer: Layer, x: torch.Tensor, y: torch.Tensor) -> float:
     return ((y[:rows].float() - ref).norm() / ref.norm()).item()
 
 
-def describe(c: tg.GemmConfig) -> str:
+def describe(c: tg.GemmConfig | tg.CublasConfig) -> str:
+    if isinstance(c, tg.CublasConfig):
+        return f"cublas chunk{c.chunk_n}"
     kind = "fac" if c.factored else "deq"
     return f"{kind} {c.block_m}x{c.block_n} s{c.split_k} w{c.num_warps} st{c.num_stages}"
 
 
 def path_of(m: int, n: int, k: int) -> str:
-    if m >= tg.CUBLAS_MIN_M:
-        return "cublas"
     return describe(tg.pick_config(m, n, k, tg.sm_count(torch.device(DEV))))
 
 
@@ -192,77 +193,6 @@ def bench_shape(name: str, ms: list[int], bw: float) -> list[dict]:
         rows.append(r)
         print(json.dumps({key: (round(v, 4) if isinstance(v, float) else v)
                           for key, v in r.items()}), flush=True)
-    return rows
-
-
-def sweep_configs(m: int) -> list[tg.GemmConfig]:
-    """Candidates per M bucket: (block_m, block_n, factored, num_warps, num_stages)."""
-    if m <= 16:
-        cands = [(16, 128, True, 4, 3), (16, 64, True, 4, 3), (16, 64, True, 4, 4),
-                 (16, 256, True, 8, 3), (16, 128, False, 4, 3), (16, 128, True, 8, 3)]
-    elif m <= 32:
-        cands = [(32, 128, True, 4, 4), (32, 64, True, 4, 4), (32, 128, True, 8, 3),
-                 (32, 128, False, 4, 4)]
-    elif m <= 64:
-        cands = [(64, 64, True, 4, 4), (64, 128, True, 8, 3), (64, 128, False, 4, 4),
-                 (64, 64, False, 4, 4)]
-    elif m <= 128:
-        cands = [(128, 128, False, 8, 3), (128, 64, False, 4, 3), (128, 128, True, 8, 3),
-                 (128, 256, False, 8, 3), (64, 128, False, 4, 4)]
-    else:
-        cands = [(128, 128, False, 8, 3), (256, 128, False, 8, 3), (128, 256, False, 8, 3),
-                 (128, 128, True, 8, 3), (128, 128, False, 8, 4), (64, 128, False, 4, 4)]
-    return [tg.GemmConfig(bm, bn, 1, factored=f, num_warps=w, num_stages=st)
-            for bm, bn, f, w, st in cands]
-
-
-def sweep(shapes: list[str], ms: list[int], bw: float) -> list[dict]:
-    """Each candidate config (and split-K of 1, the heuristic's, half and double it)."""
-    rows = []
-    for name in shapes:
-        rows += sweep_shape(name, ms, bw)
-        torch.cuda.empty_cache()
-    return rows
-
-
-def sweep_shape(name: str, ms: list[int], bw: float) -> list[dict]:
-    rows = []
-    k, n = SHAPES[name]
-    layer = Layer(k, n)
-    sms = tg.sm_count(torch.device(DEV))
-    for m in ms:
-        x = torch.randn(m, k, dtype=torch.bfloat16, device=DEV)
-        xy = m * k * 2 + m * n * 2
-        base = graph_timed(lambda w: x @ w.T, layer.bf16,
-                           timed(lambda w: x @ w.T, layer.bf16, m >= 512))
-        results = []
-        for cfg in sweep_configs(m):
-            auto = tg.choose_split_k(m, n, k, cfg.block_m, cfg.block_n, sms)
-            splits = sorted({1, auto, max(1, auto // 2), min(2 * auto, 32)})
-            for split in splits:
-                c = tg.GemmConfig(**{**cfg.__dict__, "split_k": split})
-                try:
-                    y = tg.w4a16_linear(x, layer.ours[0], config=c)
-                    err = check(layer, x, y)
-                    t = graph_timed(lambda p: tg.w4a16_linear(x, p, config=c), layer.ours,
-                                    base)
-                except Exception as e:   # noqa: BLE001 - a config that fails to build
-                    print(f"  {name} M={m} {c}: {type(e).__name__}: {str(e)[:200]}")
-                    continue
-                pct = 100 * (layer.bytes["ours"] + xy) / (t * 1e-6) / bw
-                results.append((t, c, err))
-                rows.append({"shape": name, "M": m, "config": c.__dict__, "us": t,
-                             "bw_pct": pct, "err": err, "bf16_us": base})
-        if m >= 128:
-            t = graph_timed(lambda p: tg.w4a16_linear(x, p, path="cublas"), layer.ours, base)
-            results.append((t, "cublas", 0.0))
-            rows.append({"shape": name, "M": m, "config": "cublas", "us": t,
-                         "bf16_us": base})
-        results.sort(key=lambda r: r[0])
-        print(f"{name} M={m}: bf16 {base:.1f} us; best:", flush=True)
-        for t, c, err in results[:4]:
-            what = describe(c) if isinstance(c, tg.GemmConfig) else c
-            print(f"   {t:8.1f} us  x{base / t:5.2f}  err {err:.1e}  {what}", flush=True)
     return rows
 
 
@@ -327,7 +257,6 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names")
     ap.add_argument("--ms", default=",".join(map(str, MS)))
-    ap.add_argument("--sweep", action="store_true", help="time candidate configs instead")
     ap.add_argument("--profile", action="store_true",
                     help="do_bench vs CUDA-graph timings (run under ncu for counters)")
     args = ap.parse_args()
@@ -342,12 +271,6 @@ def main() -> None:
     out = os.environ.get("OUT")
     if args.profile:
         profile(shapes, ms)
-        return
-    if args.sweep:
-        rows = sweep(shapes, ms, bw)
-        if out:
-            Path(out, "gemm_sweep.json").write_text(json.dumps(rows, indent=1, default=str))
-        print(f"# sweep took {time.time() - t0:.0f} s")
         return
     rows = bench(shapes, ms, bw)
     if out:

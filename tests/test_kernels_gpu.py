@@ -108,6 +108,23 @@ def test_layout_padding_rows_are_zero_weights() -> None:
     assert torch.equal(p["perm"][:576].sort().values, torch.arange(576))
 
 
+def test_layout_word_order_hand_worked() -> None:
+    """Word r = 4t + c, nibble i = 2s + h + 4e holds block row 32c + 16s + 8h + 2t + e: the
+    pairs (i, i + 4) of a word are rows (kk, kk + 1), as a tensor-core A register wants."""
+    rows = layout.row_of_nibble()                                    # [16, 8]
+    assert sorted(rows.reshape(-1).tolist()) == list(range(128))
+    assert rows[0].tolist() == [0, 8, 16, 24, 1, 9, 17, 25]          # t = 0, c = 0
+    assert rows[4, 0] == 2 and rows[1, 0] == 32 and rows[15, 7] == 127   # t = 1; c = 1; last
+    codes = torch.zeros(3, 256, dtype=torch.int32)                   # N = 3, two blocks
+    codes[1, 128 + 9] = 5                                            # block 1, row 9: r 0, i 5
+    codes[2, 34] = 7                                                 # block 0, row 34: r 5, i 0
+    w = layout.pack_words(codes).reshape(2, 3, 16)                   # memory [B, N, 16]
+    assert w[1, 1, 0] == 5 << 20 and w[0, 2, 5] == 7
+    assert int(w.count_nonzero()) == 2
+    p = {"qweight": layout.pack_words(codes)}
+    assert torch.equal(layout.layout_codes(p), codes.T)
+
+
 def test_reference_linear_matches_float64() -> None:
     seed = _seed()
     qw, s, z, g = random_w4(64, 320, 64, False, True, seed)
@@ -177,7 +194,8 @@ class TestGPU:
 
     @pytest.mark.parametrize("m", [5, 130, 512])
     @pytest.mark.parametrize("variant", ["factored", "factored-split3", "dequant",
-                                         "dequant-split2", "wide", "cublas"])
+                                         "dequant-split2", "wide", "pre-gather", "cublas",
+                                         "cublas-chunk"])
     @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
     def test_every_path(self, m: int, variant: str, dtype: torch.dtype) -> None:
         """Each kernel variant on ragged sizes (N, M not tile multiples), act-order, bias."""
@@ -187,11 +205,13 @@ class TestGPU:
                 "dequant": tg.GemmConfig(64, 64, 1, factored=False),
                 "dequant-split2": tg.GemmConfig(128, 128, 2, factored=False, num_warps=8,
                                                 num_stages=3),
-                "wide": tg.GemmConfig(256, 128, 1, factored=False, num_warps=8,
-                                      num_stages=3)}
-        path = "cublas" if variant == "cublas" else "fused"
+                "wide": tg.GemmConfig(128, 256, 1, factored=False, num_warps=8,
+                                      num_stages=3),
+                "pre-gather": tg.GemmConfig(16, 128, 2, gather=False),
+                "cublas": tg.CublasConfig(),
+                "cublas-chunk": tg.CublasConfig(256)}
         run_check(m, 1000, 576, 64, act_order=True, bias=True, dtype=dtype,
-                  config=cfgs.get(variant), path=path)
+                  config=cfgs[variant])
 
     @pytest.mark.parametrize("group", [32, 64, 256])
     @pytest.mark.parametrize("factored", [False, True])
@@ -200,6 +220,8 @@ class TestGPU:
         over two blocks), K not a multiple of the group (padding groups)."""
         tg = _triton_gemm()
         run_check(7, 320, 1000, group, config=tg.GemmConfig(16, 64, 2, factored=factored))
+        run_check(40, 320, 1000, group, dtype=torch.float16,
+                  config=tg.GemmConfig(64, 128, 1, factored=factored))
 
     def test_split_k_deterministic(self) -> None:
         """The split-K reduction runs in a fixed order: equal inputs give equal bits."""
@@ -212,9 +234,32 @@ class TestGPU:
         assert all(torch.equal(ys[0], y) for y in ys[1:])
         assert int(p["locks"].abs().sum()) == 0                     # counters left at zero
 
-    def test_auto_cublas_large_m(self) -> None:
+    @pytest.mark.parametrize("m", [1, 8, 64, 300, 2048])
+    def test_auto_dispatch(self, m: int) -> None:
+        """pick_config's choice at each M (fused or cuBLAS), Llama-like widths."""
+        run_check(m, 6144, 4096, 128, act_order=m % 2 == 0, bias=True)
+
+    def test_cuda_graph_capture(self) -> None:
+        """Capturable: replaying a captured call on new x gives the new product."""
         tg = _triton_gemm()
-        run_check(tg.CUBLAS_MIN_M + 3, 256, 512, 128, bias=True)
+        qw, s, z, g = random_w4(4096, 4096, 128, False, True, _seed(), "cuda")
+        p = layout.prepare(qw, s, z, g, 128, 4096)
+        for m in (1, 16, 128, 512):
+            x = torch.randn(m, 4096, device="cuda").bfloat16()
+            y = torch.empty(m, 4096, device="cuda", dtype=torch.bfloat16)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                tg.w4a16_linear(x, p, out=y)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                tg.w4a16_linear(x, p, out=y)
+            x.copy_(torch.randn(m, 4096, device="cuda").bfloat16())
+            y.fill_(float("nan"))
+            graph.replay()
+            ref = reference.w4a16_linear_f64(x, qw, s, z, g, None, 128)
+            assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-2, m
 
     @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
     def test_dequantize_t_exact(self, dtype: torch.dtype) -> None:
@@ -263,8 +308,10 @@ def _interpreter_problem() -> str | None:
     return None
 
 
-INTERP_CASES = [   # m, n, k, group, act_order, bias, (block_m, block_n, split, factored)
-    (3, 48, 256, 128, False, False, (16, 32, 1, True)),
+INTERP_CASES = [   # m, n, k, group, act_order, bias, (block_m, block_n, split, factored, gather)
+    (3, 48, 256, 128, False, False, (16, 32, 1, True, True)),
+    (3, 48, 576, 128, True, True, (16, 64, 2, True, False)),
+    (20, 40, 576, 64, True, True, (32, 64, 1, False, False)),
     (3, 48, 576, 128, False, True, (16, 32, 2, True)),
     (20, 40, 576, 128, True, True, (16, 32, 3, False)),
     (20, 40, 576, 32, True, False, (16, 32, 2, True)),
@@ -289,7 +336,8 @@ class TestInterpreter:
     @pytest.mark.parametrize("m,n,k,group,act_order,bias,c", INTERP_CASES)
     def test_fused_fp16(self, m, n, k, group, act_order, bias, c) -> None:
         tg = _triton_gemm()
-        cfg = tg.GemmConfig(c[0], c[1], c[2], factored=c[3])
+        cfg = tg.GemmConfig(c[0], c[1], c[2], factored=c[3],
+                            gather=c[4] if len(c) > 4 else True)
         run_check(m, n, k, group, act_order=act_order, bias=bias, dtype=torch.float16,
                   device="cpu", config=cfg, path="fused")
 
@@ -310,6 +358,11 @@ class TestInterpreter:
 
     def test_cublas_path_bf16(self) -> None:
         run_check(5, 64, 192, 64, act_order=True, bias=True, device="cpu", path="cublas")
+
+    def test_cublas_chunks(self) -> None:
+        tg = _triton_gemm()
+        run_check(5, 300, 192, 32, act_order=False, bias=True, device="cpu",
+                  config=tg.CublasConfig(128))
 
     def test_bf16_magic_codes(self) -> None:
         """The bf16 code trick (0x4300 | q == 128 + q) that the factored kernel feeds tl.dot."""

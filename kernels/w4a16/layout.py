@@ -7,23 +7,28 @@ partial). ``w[n, k] = (q[n, k] - z[n, g]) * s[n, g]``.
 
 Layout (the dict `prepare` returns; every entry a tensor on the weights' device):
 
-    qweight int32 [KP/8, N]  K in blocks of 128 layout rows; in block b, word 16b + r of a
-                             column holds rows 128b + 16j + r in bits [4j, 4j+4) (r < 16,
-                             j < 8). So ``(words >> 4j) & 15`` over the 16 words of a block is
-                             a [16, BN] tile of 16 consecutive rows: one tensor-core K step,
-                             made by elementwise ops only (Triton then loads the words straight
-                             into the MMA operand registers). Tiles [16, BN] are contiguous
-                             along N: 16-byte loads, coalesced across a warp.
+    qweight int32 [KP/8, N]  (the IR's shape); its memory is [KP/128, N, 16]: K in blocks of
+                             128 layout rows, and per block and output column n the 16 words
+                             of that column contiguous (64 bytes). Word r = 4t + c (t, c < 4)
+                             holds in bits [4i, 4i+4) (i = 2s + h + 4e; s, h, e < 2) the code
+                             of block row kk = 32c + 16s + 8h + 2t + e (`row_of_nibble`). Why: with
+                             ``(w >> 4j) & 0x000F000F`` (j < 4) a word gives the codes of rows
+                             kk and kk + 1 in the low and high half of one register, which is
+                             how a tensor-core A operand (rows 2t, 2t+1 and 2t+8, 2t+9 of each
+                             16-row K step held by lane t of a quad) wants its pairs: the
+                             kernel turns 4 words (one 16-byte load) into 32 operand values
+                             with 7 integer ops and no shuffles. 32-row chunk c (a group of
+                             32 rows) is word c of every quad lane.
     sz      int32 [G, N]     bits 0-15: the float16 scale s[n, g]; bits 16-23: the zero
                              z[n, g] (8 for symmetric). One load gives both.
     perm    int64 [KP]       only for act-order (or a grouping other than k // gs with a
-                             supported gs): layout row i reads input channel perm[i], so the
-                             caller feeds ``x[:, perm]`` ([M, KP]) instead of x.
+                             supported gs): layout row i reads input channel perm[i] (the
+                             kernel gathers ``x[:, perm]``, or the caller does).
     locks   int32 [L]        zeros: the split-K kernel's arrival counters (it leaves them at
                              zero). Runtime scratch, not weight data; one stream at a time.
 
 Groups: layout rows [g*GS, (g+1)*GS) belong to group g, GS = KP / G with GS in (32, 64) or a
-multiple of 128, so a 16-row tile never straddles two groups and a 128-row block holds whole
+multiple of 128, so a 32-row chunk never straddles two groups and a 128-row block holds whole
 groups (or lies inside one). KP is a multiple of 128. Without act-order the rows are the input
 channels in order: the tail [K, G0*GS) of a partial last group is padding, and whole padding
 groups past the G0 real ones (up to a multiple of 128 rows) have s = 0, z = 0. With act-order
@@ -37,7 +42,7 @@ from __future__ import annotations
 import torch
 
 BLOCK = 128      # layout rows per block of 16 words; KP is a multiple of it
-TILE = 16        # rows per nibble tile (one tensor-core K step)
+TILE = 16        # words per column and block (16 bytes x 4: one column of a block)
 
 
 def _round_up(a: int, b: int) -> int:
@@ -121,11 +126,7 @@ def prepare(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | N
     zq = z[:, row_group]                                             # [N, KP]
     codes = torch.where(valid[None, :], q[:, src.clamp(max=max(k - 1, 0))], zq)  # [N, KP]
 
-    shifts = 4 * torch.arange(8, device=dev, dtype=torch.int64)
-    blocks = codes.to(torch.int64).T.reshape(kp // BLOCK, 8, TILE, n)   # [B, j, r, N]
-    words = (blocks << shifts[None, :, None, None]).sum(1).reshape(kp // 8, n)
-    words = torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
-
+    words = pack_words(codes)                                        # [KP/8, N]
     s_bits = s16.contiguous().view(torch.int16).to(torch.int32) & 0xFFFF
     sz = (s_bits | (z << 16)).T.contiguous()                         # [G, N]
     out = {"qweight": words.contiguous(), "sz": sz,
@@ -135,13 +136,36 @@ def prepare(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | N
     return out
 
 
+def row_of_nibble(device: torch.device | str = "cpu") -> torch.Tensor:
+    """int64 [16, 8]: the block row (0..127) held by nibble i of word r (module docstring)."""
+    r = torch.arange(16, device=device)[:, None]
+    i = torch.arange(8, device=device)[None, :]
+    t, c, e, s, h = r >> 2, r & 3, i >> 2, (i >> 1) & 1, i & 1
+    return 32 * c + 16 * s + 8 * h + 2 * t + e
+
+
+def pack_words(codes: torch.Tensor) -> torch.Tensor:
+    """Codes [N, KP] (layout row order, values < 16) -> int32 [KP/8, N] words, memory
+    [KP/128, N, 16] as in the module docstring."""
+    n, kp = codes.shape
+    rows = row_of_nibble(codes.device)                               # [16, 8]
+    blocks = codes.to(torch.int64).reshape(n, kp // BLOCK, BLOCK)[:, :, rows]  # [N, B, 16, 8]
+    shifts = 4 * torch.arange(8, device=codes.device, dtype=torch.int64)
+    words = (blocks << shifts).sum(-1)                               # [N, B, 16]
+    words = torch.where(words >= 1 << 31, words - (1 << 32), words).to(torch.int32)
+    return words.permute(1, 0, 2).contiguous().reshape(kp // 8, n)
+
+
 def layout_codes(prepared: dict[str, torch.Tensor]) -> torch.Tensor:
-    """int32 [KP, N]: the code of every layout row (inverse of the word packing)."""
-    w = prepared["qweight"].to(torch.int64) & 0xFFFFFFFF             # [KP/8, N]
-    n = w.shape[1]
+    """int32 [KP, N]: the code of every layout row (inverse of `pack_words`)."""
+    w = prepared["qweight"]
+    kp, n = w.shape[0] * 8, w.shape[1]
+    w = w.reshape(kp // BLOCK, n, TILE).to(torch.int64) & 0xFFFFFFFF  # [B, N, 16]
     shifts = 4 * torch.arange(8, device=w.device, dtype=torch.int64)
-    q = (w.reshape(-1, 1, TILE, n) >> shifts[None, :, None, None]) & 15   # [B, j, r, N]
-    return q.reshape(-1, n).to(torch.int32)
+    q = (w[..., None] >> shifts) & 15                                # [B, N, 16, 8]
+    out = torch.empty(kp // BLOCK, n, BLOCK, dtype=torch.int64, device=w.device)
+    out[:, :, row_of_nibble(w.device).reshape(-1)] = q.reshape(kp // BLOCK, n, BLOCK)
+    return out.permute(0, 2, 1).reshape(kp, n).to(torch.int32)
 
 
 def scales_zeros(prepared: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

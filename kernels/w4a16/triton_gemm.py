@@ -4,31 +4,36 @@ One kernel, `_w4a16_kernel`, for every M. It computes y^T = W x^T ("swapped" ope
 weights are the tensor cores' A operand, taken from registers, and x^T the B operand, from
 shared memory, so the M tile can be as small as 16 (decode) and as large as 256 (prefill).
 
-Per 128-row K block it loads a word tile [16, BN] (int32, cp.async-pipelined) and makes the
-operand ``a = q - z`` by integer ops alone: ``((w >> 4j) & 15) | MAGIC`` read as a 16-bit
-float is OFF + q (MAGIC 0x4300 = 128.0 in bf16, 0x6400 = 1024.0 in fp16: no int->float
-instruction), and subtracting OFF + z leaves q - z exactly.
+Per 128-row K block a program loads its [BN, 16] words (cp.async-pipelined, 16-byte loads:
+a column's 16 words are contiguous) and makes the operand by integer ops alone: for a word w
+and j < 4, ``((w >> 4j) & 0x000F000F) | MAGIC`` is a pair of 16-bit floats OFF + q for the
+block rows kk, kk + 1 that one A-operand register holds (layout.py orders the nibbles so),
+with MAGIC 0x4300 (bf16 128.0) or 0x6400 (fp16 1024.0): no int -> float instruction. One
+packed subtraction of OFF + z leaves q - z exactly. `_unpack` does it for a word in 11
+instructions (PTX through `tl.inline_asm_elementwise`; plain Triton ops in the interpreter);
+the joins and reshapes in `_a_tile` only rename registers (checked in the SASS: no shuffles or
+shared-memory round trips between the word load and the wgmma).
 
-- Group size a multiple of 128 (one group per block): `_block_rows` turns the words into all
-  128 rows at once (joins keep a word's 8 nibbles in one thread, the permute + reshape only
-  renames registers) and one dot of K = 128 consumes them with x[:, block].
-- Group 32 or 64 (`_groups_in_block`): 8 dots of K = 16, one per nibble j (rows 16j .. 16j+15
-  of the block), each by elementwise ops on the words.
+- FACTORED (exact): ``part = dot(q - z, x)`` per group (small integer weights, exact
+  products, float32 sums), then ``acc += s * part`` in float32; or
+- dequantizing (FACTORED=False): ``(q - z) * s`` in the activation dtype (one more packed op
+  per pair; for bf16 s is rounded to bf16 and the product once more: weights within ~2^-8
+  instead of 2^-9) and ``acc = dot(a, x, acc)``, one accumulation chain (the wgmmas of
+  consecutive blocks overlap), better for large M.
 
-Either way Triton reads the words from shared memory straight into the MMA operand registers:
-the dequantized tile never goes through shared memory (checked in the SASS: no STS/LDSM in the
-loop). Then
+Groups of 32 or 64 rows: the block is cut into 4 or 2 sub-tiles of 32-row chunks (word c of
+each quad lane, see layout.py), one dot each with its group's scales.
 
-- FACTORED (exact; M <= 32 and some M <= 64): ``part = dot(a, x)`` per group (exact small
-  integer weights, exact products, float32 sums), then ``acc += s * part`` in float32; or
-- dequantizing (FACTORED=False): ``a * s`` in the activation dtype (for bf16 this rounds s
-  to bf16 and the product once more: weights within ~2^-8 instead of 2^-9; exact rounding for
-  fp16) and ``acc = dot(a, x, acc)``, one accumulation chain with no per-group correction.
+Act-order (``perm``): with GATHER the kernel reads ``x[m, perm[k]]`` itself (2-byte gathers
+from L2; for small M, where it saves a launch), otherwise the caller passes ``x[:, perm]``.
 
 Split-K (``SPLIT_K > 1``, grid axis 1): program (tile, s) covers K blocks [s*T, (s+1)*T),
 stores its float32 partial to ``ws[s]`` and bumps the tile's arrival counter (acq_rel, after a
 CTA barrier); the last program to arrive sums the SPLIT_K partials in split order
 (deterministic), adds the bias, writes y and resets the counter to 0. One launch.
+
+For large M the "cublas" path dequantizes W^T (`_dequant_kernel`, float32 math, rounded once)
+and calls cuBLAS, in column chunks small enough that the chunk stays in L2 between the two.
 
 Preconditions (checked in `w4a16_linear`): x [M, KX] with unit stride along K and KX <= KP,
 columns past KX count as zero; KP a multiple of 128; GS in (32, 64) or a multiple of 128.
@@ -38,58 +43,160 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import os
 
 import torch
 import triton
 import triton.language as tl
 
-# Dispatch thresholds, measured on an H100 with `bench/gemm.py --sweep` (bench/README.md).
-DECODE_MAX_M = 16        # M <= this: 16-row M tiles (one wgmma N step), factored
-CUBLAS_MIN_M = 512       # M >= this: dequantize once to W^T and call cuBLAS (x @ W^T); at
-                         # M = 512 that wins for N = 4096 (o, down), loses ~7% on gate-up
-MAX_SPLIT_K = 16
+MAX_SPLIT_K = 32
 BLOCK_K = 128            # layout rows per K block (layout.BLOCK)
 
+# word -> 4 registers of 16-bit pairs (q + OFF - (z + OFF)) [* s]; $8 = word, $9 = (OFF+z)x2,
+# $10 = (s, s). Outputs $0..$7 are nibbles 0..7 (16-bit registers), $j and $j+4 from pair j.
+_ASM_HEAD = """{
+.reg .b32 t0, t1, t2, t3, u1, u2, u3;
+lop3.b32 t0, $8, 0x000F000F, MAGIC, 0xea;
+shr.u32 u1, $8, 4;
+lop3.b32 t1, u1, 0x000F000F, MAGIC, 0xea;
+shr.u32 u2, $8, 8;
+lop3.b32 t2, u2, 0x000F000F, MAGIC, 0xea;
+shr.u32 u3, $8, 12;
+lop3.b32 t3, u3, 0x000F000F, MAGIC, 0xea;
+sub.rn.TY t0, t0, $9;
+sub.rn.TY t1, t1, $9;
+sub.rn.TY t2, t2, $9;
+sub.rn.TY t3, t3, $9;
+"""
+_ASM_SCALE = """mul.rn.TY t0, t0, $10;
+mul.rn.TY t1, t1, $10;
+mul.rn.TY t2, t2, $10;
+mul.rn.TY t3, t3, $10;
+"""
+_ASM_TAIL = """mov.b32 {$0, $4}, t0;
+mov.b32 {$1, $5}, t1;
+mov.b32 {$2, $6}, t2;
+mov.b32 {$3, $7}, t3;
+}"""
+
+
+def _asm(bf16: bool, scaled: bool) -> str:
+    text = _ASM_HEAD + (_ASM_SCALE if scaled else "") + _ASM_TAIL
+    magic, ty = ("0x43004300", "bf16x2") if bf16 else ("0x64006400", "f16x2")
+    return text.replace("MAGIC", magic).replace("TY", ty)
+
+
+ASM_BF16 = tl.constexpr(_asm(True, False))
+ASM_BF16_SCALED = tl.constexpr(_asm(True, True))
+ASM_F16 = tl.constexpr(_asm(False, False))
+ASM_F16_SCALED = tl.constexpr(_asm(False, True))
+_OUT8 = "=h,=h,=h,=h,=h,=h,=h,=h"
+CONSTRAINTS = tl.constexpr(_OUT8 + ",r,r")
+CONSTRAINTS_SCALED = tl.constexpr(_OUT8 + ",r,r,r")
+
 
 @triton.jit
-def _block_rows(w, BN: tl.constexpr):
-    """int32 words [16, BN] of one K block -> int32 codes [128, BN], row 16j + r = nibble j
-    of word r. The joins put the 8 nibbles of a word in one thread's registers and the
-    permute + reshape only renames them, so this costs the shifts and one mask."""
-    t = tl.join(tl.join(tl.join(w, w >> 16), tl.join(w >> 8, w >> 24)),
-                tl.join(tl.join(w >> 4, w >> 20), tl.join(w >> 12, w >> 28)))
-    # each join appends a last axis (the innermost pair first): t[r, n, a, b, c] = w[r, n]
-    # >> 4j with j = 4a + 2b + c
-    t = tl.permute(t, (2, 3, 4, 0, 1))                                   # [a, b, c, r, n]
-    return tl.reshape(t, (128, BN)) & 0xF
+def _nibble(w, i: tl.constexpr, zoff, sdt, IS_BF16: tl.constexpr, SCALED: tl.constexpr):
+    """Plain-Triton twin of one `_unpack` output (for the interpreter): nibble i - z [* s]."""
+    if IS_BF16:
+        v = (((w >> (4 * i)) & 0xF) | 0x4300).to(tl.int16).to(tl.bfloat16, bitcast=True)
+    else:
+        v = (((w >> (4 * i)) & 0xF) | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)
+    v = v - zoff
+    if SCALED:
+        v = v * sdt
+    return v
 
 
 @triton.jit
-def _groups_in_block(acc, w, x_rows, sz_ptr, k0, KX, N, offs_n, offs_r, mask_m, mask_n,
-                     GS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr,
-                     FACTORED: tl.constexpr, MAGIC: tl.constexpr, OFF: tl.constexpr):
-    """One K block of groups smaller than the block (GS 32 or 64): 8 dots of K = 16, one
-    per nibble j (rows k0 + 16j .. +16), with each group's scales and zeros."""
-    dt = x_rows.dtype.element_ty
-    part = tl.zeros((BN, BM), dtype=tl.float32)
-    for j in tl.static_range(8):
-        kj = k0 + j * 16
-        if (j * 16) % GS == 0:             # first tile of a group: its scales and zeros
-            sz = tl.load(sz_ptr + (kj // GS) * N + offs_n, mask=mask_n, other=0)
-            s = (sz & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)              # [BN]
-            zoff = (((sz >> 16) & 0xFF) + OFF).to(dt)                             # OFF + z
-        xj = tl.load(x_rows + kj + offs_r[None, :],
-                     mask=mask_m[:, None] & (kj + offs_r[None, :] < KX), other=0.0)  # [BM, 16]
-        q = (((w >> (4 * j)) & 0xF) | MAGIC).to(tl.int16)
-        a = q.to(dt, bitcast=True) - zoff[None, :]                       # [16, BN] q - z
-        if FACTORED:
-            part = tl.dot(tl.trans(a), tl.trans(xj), part)                   # [BN, BM]
-            if ((j + 1) * 16) % GS == 0:   # last tile of the group
-                acc += s.to(tl.float32)[:, None] * part
-                part = tl.zeros((BN, BM), dtype=tl.float32)
+def _unpack(w, zz, ss, IS_BF16: tl.constexpr, SCALED: tl.constexpr, USE_ASM: tl.constexpr):
+    """int32 words -> 8 tensors (nibbles 0..7) of q - z (times s if SCALED) in the
+    activation dtype. zz / ss: int32 (OFF + z, OFF + z) / (s, s) 16-bit pairs, broadcast."""
+    if USE_ASM:
+        if IS_BF16:
+            if SCALED:
+                o = tl.inline_asm_elementwise(ASM_BF16_SCALED, CONSTRAINTS_SCALED, [w, zz, ss],
+                                              dtype=(tl.bfloat16,) * 8, is_pure=True, pack=1)
+            else:
+                o = tl.inline_asm_elementwise(ASM_BF16, CONSTRAINTS, [w, zz],
+                                              dtype=(tl.bfloat16,) * 8, is_pure=True, pack=1)
         else:
-            acc = tl.dot(tl.trans(a * s.to(dt)[None, :]), tl.trans(xj), acc)
-    return acc
+            if SCALED:
+                o = tl.inline_asm_elementwise(ASM_F16_SCALED, CONSTRAINTS_SCALED, [w, zz, ss],
+                                              dtype=(tl.float16,) * 8, is_pure=True, pack=1)
+            else:
+                o = tl.inline_asm_elementwise(ASM_F16, CONSTRAINTS, [w, zz],
+                                              dtype=(tl.float16,) * 8, is_pure=True, pack=1)
+        o0, o1, o2, o3, o4, o5, o6, o7 = o
+    else:
+        if IS_BF16:
+            zoff = (zz & 0xFFFF).to(tl.int16).to(tl.bfloat16, bitcast=True)
+            sdt = (ss & 0xFFFF).to(tl.int16).to(tl.bfloat16, bitcast=True)
+        else:
+            zoff = (zz & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
+            sdt = (ss & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)
+        o0 = _nibble(w, 0, zoff, sdt, IS_BF16, SCALED)
+        o1 = _nibble(w, 1, zoff, sdt, IS_BF16, SCALED)
+        o2 = _nibble(w, 2, zoff, sdt, IS_BF16, SCALED)
+        o3 = _nibble(w, 3, zoff, sdt, IS_BF16, SCALED)
+        o4 = _nibble(w, 4, zoff, sdt, IS_BF16, SCALED)
+        o5 = _nibble(w, 5, zoff, sdt, IS_BF16, SCALED)
+        o6 = _nibble(w, 6, zoff, sdt, IS_BF16, SCALED)
+        o7 = _nibble(w, 7, zoff, sdt, IS_BF16, SCALED)
+    return o0, o1, o2, o3, o4, o5, o6, o7
+
+
+@triton.jit
+def _rows(o0, o1, o2, o3, o4, o5, o6, o7, BN: tl.constexpr, NC: tl.constexpr):
+    """8 nibble tensors [BN, 4, NC] (word r = 4t + c) -> [BN, 32 * NC], column
+    kk = 32c + 16s + 8h + 2t + e from nibble 2s + h + 4e (layout.row_of_nibble)."""
+    a = tl.join(tl.join(tl.join(o0, o4), tl.join(o1, o5)),
+                tl.join(tl.join(o2, o6), tl.join(o3, o7)))          # [n, t, c, e, h, s]
+    a = tl.permute(a, (0, 2, 5, 4, 1, 3))                            # [n, c, s, h, t, e]
+    return tl.reshape(a, (BN, 32 * NC))
+
+
+@triton.jit
+def _sub_tile(acc, part, w, j: tl.constexpr, k0, x_rows, perm_ptr, sz_ptr, KX, N, offs_n,
+              mask_m, mask_n, GS: tl.constexpr, SUBK: tl.constexpr, SPG: tl.constexpr,
+              BN: tl.constexpr, FACTORED: tl.constexpr, IS_BF16: tl.constexpr,
+              GATHER: tl.constexpr, USE_ASM: tl.constexpr):
+    """Sub-tile j of the block at row k0: rows [k, k + SUBK), k = k0 + j * SUBK, from the
+    words w [BN, 4, SUBK // 32]. FACTORED: part (the group's q - z dot, float32) is begun at
+    the group's first sub-tile (j % SPG == 0) and scaled into acc at its last; otherwise
+    acc += ((q - z) s) x^T. Returns (acc, part)."""
+    k = k0 + j * SUBK
+    sz = tl.load(sz_ptr + (k // GS) * N + offs_n, mask=mask_n, other=0)         # [BN]
+    if IS_BF16:
+        zz = (((sz >> 16) & 0xFF) | 0x4300) * 0x10001                # (128 + z) x2, bf16
+    else:
+        zz = (((sz >> 16) & 0xFF) | 0x6400) * 0x10001                # (1024 + z) x2, fp16
+    s16 = (sz & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)                # [BN]
+    offs_k = k + tl.arange(0, SUBK)
+    if GATHER:
+        src = tl.load(perm_ptr + offs_k)
+        x = tl.load(x_rows + src[None, :], mask=mask_m[:, None], other=0.0)
+    else:
+        x = tl.load(x_rows + offs_k[None, :], mask=mask_m[:, None] & (offs_k[None, :] < KX),
+                    other=0.0)                                       # [BM, SUBK]
+    if FACTORED:
+        o0, o1, o2, o3, o4, o5, o6, o7 = _unpack(w, zz[:, None, None], zz[:, None, None],
+                                                 IS_BF16, False, USE_ASM)
+        a = _rows(o0, o1, o2, o3, o4, o5, o6, o7, BN, SUBK // 32)    # [BN, SUBK] q - z
+        if j % SPG == 0:
+            part = tl.dot(a, tl.trans(x))
+        else:
+            part = tl.dot(a, tl.trans(x), part)
+        if j % SPG == SPG - 1:
+            acc += s16.to(tl.float32)[:, None] * part
+    else:
+        sdt = s16.to(x.dtype).to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        o0, o1, o2, o3, o4, o5, o6, o7 = _unpack(w, zz[:, None, None],
+                                                 (sdt * 0x10001)[:, None, None],
+                                                 IS_BF16, True, USE_ASM)
+        a = _rows(o0, o1, o2, o3, o4, o5, o6, o7, BN, SUBK // 32)    # [BN, SUBK] (q - z) s
+        acc = tl.dot(a, tl.trans(x), acc)
+    return acc, part
 
 
 @triton.jit
@@ -103,25 +210,24 @@ def _epilogue(acc, bias_ptr, y_ptr, offs_m, offs_n, M, N, stride_ym, HAS_BIAS: t
     tl.store(ptrs, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["M", "SPLIT_K"])
 def _w4a16_kernel(
-    x_ptr, w_ptr, sz_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
+    x_ptr, w_ptr, sz_ptr, perm_ptr, bias_ptr, y_ptr, ws_ptr, lock_ptr,
     M, N, KX, KP, SPLIT_K, stride_xm, stride_ym,
-    GS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, GROUP_M: tl.constexpr,
-    FACTORED: tl.constexpr, IS_BF16: tl.constexpr, HAS_BIAS: tl.constexpr,
+    GS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    GROUP_M: tl.constexpr, FACTORED: tl.constexpr, IS_BF16: tl.constexpr,
+    HAS_BIAS: tl.constexpr, GATHER: tl.constexpr, USE_ASM: tl.constexpr,
+    SPLIT: tl.constexpr,
 ):
     """x [M, KX] @ W^T -> y [M, N]; grid (tiles_m * tiles_n, SPLIT_K). See module docstring.
 
-    w_ptr: int32 [KP/8, N] words; sz_ptr: int32 [KP/GS, N] (fp16 scale bits | zero << 16);
-    ws_ptr: float32 [SPLIT_K, M, N] partials; lock_ptr: int32 counters (zero on entry).
+    w_ptr: int32 [KP/128, N, 16] words; sz_ptr: int32 [KP/GS, N] (fp16 scale bits | zero <<
+    16); perm_ptr: int64 [KP] (GATHER); ws_ptr: float32 [SPLIT_K, M, N] partials; lock_ptr:
+    int32 counters (zero on entry).
     """
-    KB: tl.constexpr = 16                  # words per block = rows per nibble tile
-    if IS_BF16:
-        MAGIC: tl.constexpr = 0x4300       # bf16 128.0: 0x4300 | q == 128 + q
-        OFF: tl.constexpr = 128
-    else:
-        MAGIC: tl.constexpr = 0x6400       # fp16 1024.0
-        OFF: tl.constexpr = 1024
+    SUBK: tl.constexpr = GS if GS < BK else BK         # rows per dot: one group at most
+    NSUB: tl.constexpr = 128 // SUBK                   # dots per block
+    SPG: tl.constexpr = (GS if GS < 128 else 128) // SUBK    # dots per group in a block
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     tiles_m = tl.cdiv(M, BM)
@@ -132,43 +238,55 @@ def _w4a16_kernel(
     pid_m = first_m + (pid % in_group) % size_m
     pid_n = (pid % in_group) // size_m
 
-    blocks = KP // (8 * KB)
+    blocks = KP // 128
     per_split = tl.cdiv(blocks, SPLIT_K)
     b_lo = pid_k * per_split
     b_hi = tl.minimum(b_lo + per_split, blocks)
 
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
-    offs_r = tl.arange(0, KB)
-    offs_k = tl.arange(0, 8 * KB)
     mask_m = offs_m < M
     mask_n = offs_n < N
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
-    w_ptrs = w_ptr + offs_r[:, None] * N + offs_n[None, :]
-    dt = x_ptr.dtype.element_ty
+    w_ptrs = w_ptr + offs_n[:, None] * 16 + tl.arange(0, 16)[None, :]
 
     acc = tl.zeros((BN, BM), dtype=tl.float32)                           # y^T tile
     for b in range(b_lo, b_hi):
-        k0 = b * (8 * KB)
-        w = tl.load(w_ptrs + b * KB * N, mask=mask_n[None, :], other=0)  # [KB, BN] words
-        if GS % (8 * KB) == 0:             # one group over the block: a single K=128 dot
-            x = tl.load(x_rows + k0 + offs_k[None, :],
-                        mask=mask_m[:, None] & (k0 + offs_k[None, :] < KX), other=0.0)
-            sz = tl.load(sz_ptr + (k0 // GS) * N + offs_n, mask=mask_n, other=0)
-            s = (sz & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)              # [BN]
-            zoff = (((sz >> 16) & 0xFF) + OFF).to(dt)                             # OFF + z
-            q = (_block_rows(w, BN) | MAGIC).to(tl.int16)
-            a = q.to(dt, bitcast=True) - zoff[None, :]                   # [128, BN] q - z
-            if FACTORED:
-                acc += s.to(tl.float32)[:, None] * tl.dot(tl.trans(a), tl.trans(x))
-            else:
-                acc = tl.dot(tl.trans(a * s.to(dt)[None, :]), tl.trans(x), acc)
-        else:
-            acc = _groups_in_block(acc, w, x_rows, sz_ptr, k0, KX, N, offs_n, offs_r, mask_m,
-                                   mask_n, GS, BM, BN, FACTORED, MAGIC, OFF)
+        k0 = b * 128
+        w = tl.load(w_ptrs + b * N * 16, mask=mask_n[:, None], other=0)  # [BN, 16] words
+        w = tl.reshape(w, (BN, 4, 4))                                    # [n, t, c]
+        part = tl.zeros((BN, BM), dtype=tl.float32)
+        if NSUB == 1:
+            acc, part = _sub_tile(acc, part, w, 0, k0, x_rows, perm_ptr, sz_ptr, KX, N,
+                                  offs_n, mask_m, mask_n, GS, SUBK, SPG, BN, FACTORED,
+                                  IS_BF16, GATHER, USE_ASM)
+        elif NSUB == 2:                # c = 2 c1 + c0: sub-tile c1 holds chunks 2 c1, 2 c1 + 1
+            w0, w1 = tl.split(tl.permute(tl.reshape(w, (BN, 4, 2, 2)), (0, 1, 3, 2)))
+            acc, part = _sub_tile(acc, part, w0, 0, k0, x_rows, perm_ptr, sz_ptr, KX, N,
+                                  offs_n, mask_m, mask_n, GS, SUBK, SPG, BN, FACTORED,
+                                  IS_BF16, GATHER, USE_ASM)
+            acc, part = _sub_tile(acc, part, w1, 1, k0, x_rows, perm_ptr, sz_ptr, KX, N,
+                                  offs_n, mask_m, mask_n, GS, SUBK, SPG, BN, FACTORED,
+                                  IS_BF16, GATHER, USE_ASM)
+        else:                          # NSUB == 4: sub-tile c holds chunk c
+            wa, wb = tl.split(tl.reshape(w, (BN, 4, 2, 2)))              # c0 = 0, 1
+            wa0, wa1 = tl.split(wa)                                      # c = 0, 2
+            wb0, wb1 = tl.split(wb)                                      # c = 1, 3
+            acc, part = _sub_tile(acc, part, tl.reshape(wa0, (BN, 4, 1)), 0, k0, x_rows,
+                                  perm_ptr, sz_ptr, KX, N, offs_n, mask_m, mask_n, GS, SUBK,
+                                  SPG, BN, FACTORED, IS_BF16, GATHER, USE_ASM)
+            acc, part = _sub_tile(acc, part, tl.reshape(wb0, (BN, 4, 1)), 1, k0, x_rows,
+                                  perm_ptr, sz_ptr, KX, N, offs_n, mask_m, mask_n, GS, SUBK,
+                                  SPG, BN, FACTORED, IS_BF16, GATHER, USE_ASM)
+            acc, part = _sub_tile(acc, part, tl.reshape(wa1, (BN, 4, 1)), 2, k0, x_rows,
+                                  perm_ptr, sz_ptr, KX, N, offs_n, mask_m, mask_n, GS, SUBK,
+                                  SPG, BN, FACTORED, IS_BF16, GATHER, USE_ASM)
+            acc, part = _sub_tile(acc, part, tl.reshape(wb1, (BN, 4, 1)), 3, k0, x_rows,
+                                  perm_ptr, sz_ptr, KX, N, offs_n, mask_m, mask_n, GS, SUBK,
+                                  SPG, BN, FACTORED, IS_BF16, GATHER, USE_ASM)
     out = tl.trans(acc)                                                  # [BM, BN]
 
-    if SPLIT_K == 1:
+    if not SPLIT:
         _epilogue(out, bias_ptr, y_ptr, offs_m, offs_n, M, N, stride_ym, HAS_BIAS)
     else:
         mask = mask_m[:, None] & mask_n[None, :]
@@ -178,9 +296,10 @@ def _w4a16_kernel(
         tile = pid_m * tiles_n + pid_n
         count = tl.atomic_add(lock_ptr + tile, 1, sem="acq_rel", scope="gpu")
         if count == SPLIT_K - 1:           # last to arrive: reduce in split order
+            INFLIGHT: tl.constexpr = 4 if BM * BN <= 4096 else 1    # loads per round trip
             total = tl.zeros((BM, BN), dtype=tl.float32)
-            for i0 in range(0, SPLIT_K, 4):    # 4 loads in flight per round trip
-                for d in tl.static_range(4):
+            for i0 in range(0, SPLIT_K, INFLIGHT):
+                for d in tl.static_range(INFLIGHT):
                     total += tl.load(ws_ptr + (i0 + d) * M * N + part_off,
                                      mask=mask & (i0 + d < SPLIT_K), other=0.0,
                                      cache_modifier=".cg")
@@ -189,30 +308,51 @@ def _w4a16_kernel(
 
 
 @triton.jit
-def _dequant_kernel(w_ptr, sz_ptr, out_ptr, N, GS: tl.constexpr, BN: tl.constexpr):
-    """out [KP, N] (activation dtype) = W^T in layout row order: (q - z) * s in float32;
-    grid (KP / 128, cdiv(N, BN))."""
-    KB: tl.constexpr = 16
+def _dequant_nibble(w, i: tl.constexpr, z, s):
+    return ((w >> (4 * i)) & 0xF).to(tl.float32) * s - z
+
+
+@triton.jit
+def _dequant_kernel(w_ptr, sz_ptr, out_ptr, N, n0, n_end, ld_out, GS: tl.constexpr,
+                    BN: tl.constexpr):
+    """out[k, n - n0] = W^T[k, n] (layout row order, activation dtype) for the columns n of
+    program axis 1 within [n0, n_end): (q - z) * s in float32, rounded once.
+    grid (KP/128, cdiv(n_end - n0, BN))."""
     b = tl.program_id(0)
-    offs_n = tl.program_id(1) * BN + tl.arange(0, BN)
-    mask_n = offs_n < N
-    offs_r = tl.arange(0, KB)
-    w = tl.load(w_ptr + (b * KB + offs_r)[:, None] * N + offs_n[None, :], mask=mask_n[None, :],
-                other=0)
-    for j in tl.static_range(8):
-        kj = b * (8 * KB) + j * KB
-        sz = tl.load(sz_ptr + (kj // GS) * N + offs_n, mask=mask_n, other=0)
+    offs_n = n0 + tl.program_id(1) * BN + tl.arange(0, BN)
+    mask_n = offs_n < n_end
+    w = tl.load(w_ptr + b * N * 16 + offs_n[:, None] * 16 + tl.arange(0, 16)[None, :],
+                mask=mask_n[:, None], other=0)
+    w = tl.reshape(w, (BN, 4, 4))
+    out = tl.zeros((BN, 128), dtype=tl.float32)
+    for sub in tl.static_range(128 // GS if GS < 128 else 1):
+        sub_rows: tl.constexpr = GS if GS < 128 else 128
+        sz = tl.load(sz_ptr + ((b * 128 + sub * sub_rows) // GS) * N + offs_n, mask=mask_n,
+                     other=0)
         s = (sz & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-        z = ((sz >> 16) & 0xFF).to(tl.float32)
-        q = ((w >> (4 * j)) & 0xF).to(tl.float32)
-        wd = (q - z[None, :]) * s[None, :]
-        tl.store(out_ptr + (kj + offs_r).to(tl.int64)[:, None] * N + offs_n[None, :],
-                 wd.to(out_ptr.dtype.element_ty), mask=mask_n[None, :])
+        zs = ((sz >> 16) & 0xFF).to(tl.float32) * s                   # exact: z < 256, fp16 s
+        s3 = s[:, None, None]
+        z3 = zs[:, None, None]
+        a = _rows(_dequant_nibble(w, 0, z3, s3), _dequant_nibble(w, 1, z3, s3),
+                  _dequant_nibble(w, 2, z3, s3), _dequant_nibble(w, 3, z3, s3),
+                  _dequant_nibble(w, 4, z3, s3), _dequant_nibble(w, 5, z3, s3),
+                  _dequant_nibble(w, 6, z3, s3), _dequant_nibble(w, 7, z3, s3), BN, 4)
+        if GS < 128:   # keep this group's 32-row chunks (kk // 32 = chunk) of the block
+            kk = tl.arange(0, 128)
+            in_sub = (kk // sub_rows) == sub
+            out = tl.where(in_sub[None, :], a, out)
+        else:
+            out = a
+    rows = b * 128 + tl.arange(0, 128)
+    ptrs = out_ptr + rows.to(tl.int64)[None, :] * ld_out + (offs_n - n0)[:, None]
+    tl.store(ptrs, out.to(out_ptr.dtype.element_ty), mask=mask_n[:, None])
 
 
 @dataclasses.dataclass(frozen=True)
 class GemmConfig:
-    """Launch parameters of `_w4a16_kernel` (block_n is the MMA's M: >= 64 uses wgmma)."""
+    """Launch parameters of `_w4a16_kernel` (block_n is the MMA's M: >= 64 uses wgmma).
+    block_k: rows per tensor-core dot (128, 64, 32; fewer live operand registers for big
+    tiles). gather: act-order x gathered inside the kernel (else one index_select before)."""
 
     block_m: int
     block_n: int
@@ -221,6 +361,8 @@ class GemmConfig:
     num_warps: int = 4
     num_stages: int = 4
     group_m: int = 8
+    gather: bool = True
+    block_k: int = 128
 
     def __post_init__(self) -> None:
         for key in ("block_m", "block_n"):
@@ -232,6 +374,23 @@ class GemmConfig:
             raise ValueError(f"GemmConfig.split_k: expected 1..64, got {self.split_k}")
         if self.num_warps not in (4, 8):
             raise ValueError(f"GemmConfig.num_warps: expected 4 or 8, got {self.num_warps}")
+        if self.num_stages < 1:
+            raise ValueError(f"GemmConfig.num_stages: expected >= 1, got {self.num_stages}")
+        if self.block_k not in (32, 64, 128):
+            raise ValueError(f"GemmConfig.block_k: expected 32, 64 or 128, got {self.block_k}")
+
+
+@dataclasses.dataclass(frozen=True)
+class CublasConfig:
+    """The dequantize + cuBLAS path: W^T dequantized chunk_n columns at a time (0: all at
+    once) into a scratch buffer, each chunk multiplied by cuBLAS while it sits in L2."""
+
+    chunk_n: int = 0
+
+    def __post_init__(self) -> None:
+        if self.chunk_n < 0 or self.chunk_n % 128:
+            raise ValueError(f"CublasConfig.chunk_n: expected 0 or a multiple of 128, got "
+                             f"{self.chunk_n}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -247,59 +406,54 @@ def sm_count(device: torch.device) -> int:
 
 
 def choose_split_k(m: int, n: int, kp: int, bm: int, bn: int, sms: int,
-                   per_sm: float = 1.0) -> int:
-    """Splits of K when there are fewer than per_sm * SMs output tiles: about per_sm
-    programs per SM, keeping at least 2 K blocks of 128 rows per split. Small tiles (several
-    programs per SM) want per_sm > 1; large ones (one per SM) 0.5, as a second partial wave
-    costs more than idle SMs."""
+                   per_sm: float = 2.0, min_blocks: int = 2) -> int:
+    """Splits of K so that there are about per_sm * SMs programs, keeping at least
+    min_blocks K blocks of 128 rows per split (1 when the tiles alone are enough)."""
     tiles = -(-m // bm) * -(-n // bn)
     blocks = kp // BLOCK_K
-    if tiles >= per_sm * sms or blocks < 4:
+    if tiles >= per_sm * sms or blocks < 2 * min_blocks:
         return 1
-    return max(1, min(-(-int(per_sm * sms) // tiles), blocks // 2, MAX_SPLIT_K))
+    return max(1, min(-(-int(per_sm * sms) // tiles), blocks // min_blocks, MAX_SPLIT_K))
 
 
-def pick_config(m: int, n: int, kp: int, sms: int = 132) -> GemmConfig:
-    """Hand-picked configs per M bucket, from `bench/gemm.py --sweep` on an H100 (the six
-    Llama shapes' o/qkv/down and gate-up, M = 1 .. 512; each pick within ~10% of the best
-    config tried for those shapes).
-
-    Up to M = 32 the factored kernel (exact); dequantizing from M = 64 where N is wide.
-    "wide": N alone makes at least one tile of 128 columns per SM (gate-up); otherwise
-    narrower tiles and split-K make up the parallelism."""
-    wide_n = -(-n // 128) >= sms
-    per_sm = 1.0
-    if m <= DECODE_MAX_M:
-        if wide_n:
-            cfg = GemmConfig(16, 128, factored=True, num_warps=4, num_stages=3)
-        else:
-            cfg, per_sm = GemmConfig(16, 64, factored=True, num_warps=4, num_stages=3), 2.5
+def pick_config(m: int, n: int, kp: int, sms: int = 132) -> GemmConfig | CublasConfig:
+    """The launch configuration by M (placeholder until the sweep's winners are in)."""
+    if m <= 16:
+        cfg, per_sm = GemmConfig(16, 128, factored=True, num_warps=4, num_stages=4), 2.0
     elif m <= 32:
-        cfg = (GemmConfig(32, 128, factored=True, num_warps=4, num_stages=4) if wide_n
-               else GemmConfig(32, 128, factored=True, num_warps=8, num_stages=3))
+        cfg, per_sm = GemmConfig(32, 128, factored=True, num_warps=4, num_stages=4), 2.0
     elif m <= 64:
-        cfg = (GemmConfig(64, 128, factored=False, num_warps=4, num_stages=4) if wide_n
-               else GemmConfig(64, 64, factored=True, num_warps=4, num_stages=4))
-    elif m <= 128:
-        if wide_n:
-            cfg, per_sm = GemmConfig(128, 256, factored=False, num_warps=8, num_stages=3), 0.5
-        else:
-            cfg = GemmConfig(128, 64, factored=False, num_warps=4, num_stages=3)
+        cfg, per_sm = GemmConfig(64, 128, factored=False, num_warps=4, num_stages=4), 1.0
+    elif m <= 256:
+        cfg, per_sm = GemmConfig(128, 128, factored=False, num_warps=8, num_stages=3,
+                                 gather=False), 1.0
     else:
-        cfg, per_sm = GemmConfig(256, 128, factored=False, num_warps=8, num_stages=3), 0.5
+        return CublasConfig(chunk_n=2048)
     split = choose_split_k(m, n, kp, cfg.block_m, cfg.block_n, sms, per_sm)
     return dataclasses.replace(cfg, split_k=split)
 
 
-def _gemm(x: torch.Tensor, prepared: dict[str, torch.Tensor], bias: torch.Tensor | None,
-          y: torch.Tensor, cfg: GemmConfig) -> None:
+def _use_asm(x: torch.Tensor) -> bool:
+    return x.is_cuda and os.environ.get("TRITON_INTERPRET") != "1"
+
+
+def _group_rows(prepared: dict[str, torch.Tensor]) -> int:
     qweight, sz = prepared["qweight"], prepared["sz"]
-    m, kx = x.shape
-    kp, n = qweight.shape[0] * 8, qweight.shape[1]
+    kp = qweight.shape[0] * 8
     gs = kp // sz.shape[0]
     if kp % BLOCK_K or not (gs in (32, 64) or gs % BLOCK_K == 0):
         raise ValueError(f"layout: KP={kp} must be a multiple of {BLOCK_K} and the group size "
                          f"{gs} 32, 64 or a multiple of {BLOCK_K} (see layout.prepare)")
+    return gs
+
+
+def _gemm(x: torch.Tensor, prepared: dict[str, torch.Tensor], bias: torch.Tensor | None,
+          y: torch.Tensor, cfg: GemmConfig, gather: bool) -> None:
+    """One launch of `_w4a16_kernel`; x [M, KX] (gathered already unless ``gather``)."""
+    qweight, sz = prepared["qweight"], prepared["sz"]
+    m, kx = x.shape
+    kp, n = qweight.shape[0] * 8, qweight.shape[1]
+    gs = _group_rows(prepared)
     tiles_m, tiles_n = -(-m // cfg.block_m), -(-n // cfg.block_n)
     split = min(cfg.split_k, kp // BLOCK_K)
     if split > 1:
@@ -310,33 +464,63 @@ def _gemm(x: torch.Tensor, prepared: dict[str, torch.Tensor], bias: torch.Tensor
     else:                                                # unused by the kernel
         ws = torch.empty(1, dtype=torch.float32, device=x.device)
         locks = torch.empty(1, dtype=torch.int32, device=x.device)
+    perm = prepared["perm"] if gather else qweight       # qweight: an unused placeholder
     grid = (tiles_m * tiles_n, split)
     _w4a16_kernel[grid](
-        x, qweight, sz, bias if bias is not None else y, y, ws, locks,
+        x, qweight, sz, perm, bias if bias is not None else y, y, ws, locks,
         m, n, kx, kp, split, x.stride(0), y.stride(0),
-        GS=gs, BM=cfg.block_m, BN=cfg.block_n, GROUP_M=cfg.group_m,
+        GS=gs, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, GROUP_M=cfg.group_m,
         FACTORED=cfg.factored, IS_BF16=x.dtype == torch.bfloat16,
-        HAS_BIAS=bias is not None, num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        HAS_BIAS=bias is not None, GATHER=gather, USE_ASM=_use_asm(x), SPLIT=split > 1,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+
+
+def _dequant_into(prepared: dict[str, torch.Tensor], out: torch.Tensor, n0: int) -> None:
+    """out [KP, C] = W^T[:, n0:n0+C] (C = out.shape[1], the columns that exist)."""
+    qweight, sz = prepared["qweight"], prepared["sz"]
+    n = qweight.shape[1]
+    cols = min(out.shape[1], n - n0)
+    _dequant_kernel[(qweight.shape[0] // 16, -(-cols // 64))](
+        qweight, sz, out, n, n0, n0 + cols, out.stride(0), GS=_group_rows(prepared),
+        BN=64, num_warps=4)
 
 
 def dequantize_t(prepared: dict[str, torch.Tensor], dtype: torch.dtype) -> torch.Tensor:
     """W^T [KP, N] in ``dtype``, rows in layout order (pad rows are 0); one pass."""
-    qweight, sz = prepared["qweight"], prepared["sz"]
-    kp, n = qweight.shape[0] * 8, qweight.shape[1]
-    out = torch.empty((kp, n), dtype=dtype, device=qweight.device)
-    _dequant_kernel[(kp // BLOCK_K, -(-n // 128))](qweight, sz, out, n, GS=kp // sz.shape[0],
-                                                   BN=128, num_warps=4)
+    qweight = prepared["qweight"]
+    out = torch.empty((qweight.shape[0] * 8, qweight.shape[1]), dtype=dtype,
+                      device=qweight.device)
+    _dequant_into(prepared, out, 0)
     return out
+
+
+def _cublas(x2: torch.Tensor, prepared: dict[str, torch.Tensor], bias: torch.Tensor | None,
+            y: torch.Tensor, cfg: CublasConfig) -> None:
+    """y = x2 @ W^T[:KX] (+ bias), W^T dequantized chunk by chunk into one scratch buffer."""
+    kx = x2.shape[1]
+    kp, n = prepared["qweight"].shape[0] * 8, prepared["qweight"].shape[1]
+    chunk = n if cfg.chunk_n <= 0 or cfg.chunk_n >= n else cfg.chunk_n
+    buf = torch.empty((kp, chunk), dtype=x2.dtype, device=x2.device)
+    for n0 in range(0, n, chunk):
+        c = min(chunk, n - n0)
+        wt = buf[:, :c]
+        _dequant_into(prepared, wt, n0)
+        yc = y[:, n0:n0 + c]
+        if bias is not None:
+            torch.addmm(bias[n0:n0 + c], x2, wt[:kx], out=yc)
+        else:
+            torch.mm(x2, wt[:kx], out=yc)
 
 
 def w4a16_linear(x: torch.Tensor, prepared: dict[str, torch.Tensor],
                  bias: torch.Tensor | None = None, *, out: torch.Tensor | None = None,
-                 config: GemmConfig | None = None, path: str = "auto") -> torch.Tensor:
+                 config: GemmConfig | CublasConfig | None = None,
+                 path: str = "auto") -> torch.Tensor:
     """x [..., K] (bf16/fp16) -> [..., N] = x @ W^T + bias, W from `layout.prepare`.
 
-    path: "auto" (by M: see the thresholds above), "fused" (always `_w4a16_kernel`) or
-    "cublas" (dequantize W^T once, then ``x @ W^T`` through cuBLAS). ``out``: optional
-    contiguous [M, N] tensor of x's dtype to write into. ``config`` overrides the pick.
+    path: "auto" (`pick_config` by M, or ``config``), "fused" (always `_w4a16_kernel`) or
+    "cublas" (dequantize W^T, then ``x @ W^T`` through cuBLAS). ``out``: optional contiguous
+    [M, N] tensor of x's dtype to write into. ``config`` overrides the pick.
     """
     if x.dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"x: expected bfloat16 or float16, got {x.dtype}")
@@ -346,8 +530,7 @@ def w4a16_linear(x: torch.Tensor, prepared: dict[str, torch.Tensor],
     kp, n = qweight.shape[0] * 8, qweight.shape[1]
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
-    if "perm" in prepared:
-        x2 = x2.index_select(1, prepared["perm"])                    # [M, KP]
+    has_perm = "perm" in prepared
     if x2.shape[1] > kp:
         raise ValueError(f"x: {x2.shape[1]} input features, the weight has at most {kp}")
     if x2.stride(-1) != 1:
@@ -360,13 +543,16 @@ def w4a16_linear(x: torch.Tensor, prepared: dict[str, torch.Tensor],
         raise ValueError(f"out: expected contiguous {x.dtype} [{m}, {n}]")
     if m == 0:
         return y.reshape(*lead, n)
-    if path == "cublas" or (path == "auto" and m >= CUBLAS_MIN_M and config is None):
-        wt = dequantize_t(prepared, x.dtype)[: x2.shape[1]]         # [KX, N]
-        if bias is not None:
-            torch.addmm(bias, x2, wt, out=y)
-        else:
-            torch.mm(x2, wt, out=y)
+    cfg = config if config is not None else pick_config(m, n, kp, sm_count(x.device))
+    if path == "cublas" and not isinstance(cfg, CublasConfig):
+        cfg = CublasConfig()
+    elif path == "fused" and not isinstance(cfg, GemmConfig):
+        cfg = pick_config(min(m, 128), n, kp, sm_count(x.device))
+    gather = has_perm and isinstance(cfg, GemmConfig) and cfg.gather
+    if has_perm and not gather:
+        x2 = x2.index_select(1, prepared["perm"])                    # [M, KP]
+    if isinstance(cfg, CublasConfig):
+        _cublas(x2, prepared, bias, y, cfg)
     else:
-        cfg = config or pick_config(m, n, kp, sm_count(x.device))
-        _gemm(x2, prepared, bias, y, cfg)
+        _gemm(x2, prepared, bias, y, cfg, gather)
     return y.reshape(*lead, n)
