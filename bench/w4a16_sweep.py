@@ -14,7 +14,9 @@ written). Every variant runs once on fresh random x and is checked against the f
 reference (x @ W^T with W dequantized exactly): ``||y - ref|| / ||ref|| < 1e-2`` or it is
 marked FAIL and never picked. Times: median of 5 replays of a CUDA graph that calls the
 variant over rotating weight copies (>= 256 MB together, or 16 copies), so weights come from
-DRAM. %BW: bytes stored (codes N*K/2 + scale/zero words + x + y) / time / copy bandwidth.
+DRAM. %BW: bytes stored (codes N*K/2 + scale/zero words + x + y) / time / copy bandwidth;
+%cp: the time of a device copy moving the same weight bytes (half read, half written; graph,
+rotating buffers) / ours: what a single launch of that size can reach here.
 
 Kernels compile first in parallel worker processes (Triton's cache, for sm_90, without a
 GPU: a stand-in driver), so the timing loop finds them built. The previous kernel (git
@@ -52,25 +54,34 @@ G = tg.GemmConfig
 
 # ---- candidates ---------------------------------------------------------------------------
 
-DECODE = [G(16, bn, factored=True, num_warps=w, num_stages=st) for bn, w, st in
-          [(64, 4, 3), (64, 4, 4), (64, 4, 6), (128, 4, 3), (128, 4, 4), (128, 4, 6),
-           (128, 8, 4), (256, 8, 3), (256, 8, 4)]]
+DECODE = ([G(16, bn, factored=True, num_warps=w, num_stages=st, block_k=bk) for bn, w, st, bk in
+           [(64, 4, 4, 128), (128, 4, 3, 128), (128, 4, 4, 128), (128, 4, 4, 32)]] +
+          [G(16, bn, factored=False, num_warps=w, num_stages=st, block_k=bk)
+           for bn, w, st, bk in
+           [(64, 4, 3, 128), (64, 4, 4, 128), (64, 4, 6, 128), (128, 4, 3, 128),
+            (128, 4, 4, 128), (128, 4, 6, 128), (128, 8, 4, 128), (256, 8, 3, 128),
+            (256, 8, 4, 128), (128, 4, 4, 64), (64, 2, 4, 128)]])
 MID = {
     32: [G(32, 64, num_warps=4, num_stages=4), G(32, 128, num_warps=4, num_stages=4),
+         G(32, 64, factored=False, num_warps=4, num_stages=4),
          G(32, 128, factored=False, num_warps=4, num_stages=4),
-         G(32, 256, num_warps=8, num_stages=3), G(16, 128, num_warps=4, num_stages=4)],
-    64: [G(64, 64, num_warps=4, num_stages=4), G(64, 128, num_warps=4, num_stages=4),
+         G(32, 128, factored=False, num_warps=4, num_stages=6),
+         G(32, 256, factored=False, num_warps=8, num_stages=4),
+         G(16, 128, factored=False, num_warps=4, num_stages=4)],
+    64: [G(64, 64, num_warps=4, num_stages=4),
+         G(64, 64, factored=False, num_warps=4, num_stages=4),
+         G(64, 64, factored=False, num_warps=4, num_stages=6),
          G(64, 128, factored=False, num_warps=4, num_stages=4),
-         G(64, 128, factored=False, num_warps=8, num_stages=3),
+         G(64, 128, factored=False, num_warps=4, num_stages=6),
          G(64, 256, factored=False, num_warps=8, num_stages=3),
-         G(64, 128, factored=False, num_warps=4, num_stages=4, block_k=64),
-         G(32, 128, num_warps=4, num_stages=4)],
+         G(32, 128, factored=False, num_warps=4, num_stages=4)],
     128: [G(128, 128, factored=False, num_warps=8, num_stages=3),
           G(128, 128, factored=False, num_warps=8, num_stages=4),
           G(128, 64, factored=False, num_warps=4, num_stages=4),
           G(64, 128, factored=False, num_warps=4, num_stages=4),
+          G(64, 64, factored=False, num_warps=4, num_stages=4),
           G(128, 256, factored=False, num_warps=8, num_stages=3),
-          G(64, 128, num_warps=4, num_stages=4)],
+          G(64, 256, factored=False, num_warps=8, num_stages=3)],
 }
 LARGE = [G(128, 128, factored=False, num_warps=8, num_stages=4),
          G(128, 128, factored=False, num_warps=8, num_stages=3),
@@ -181,6 +192,12 @@ def _compile_task(task) -> str:
             p = {"qweight": torch.empty(k // 8, n, dtype=torch.int32),
                  "sz": torch.empty(k // GROUP, n, dtype=torch.int32)}
             tg._dequant_into(p, torch.empty(k, chunk, dtype=torch.bfloat16), 0)
+        elif kind == "gather":
+            if not isinstance(tg._gather_kernel, _WarmOnly):
+                tg._gather_kernel = _WarmOnly(tg._gather_kernel)
+            _, k = task
+            tg.gather_columns(torch.empty(4, k, dtype=torch.bfloat16),
+                              torch.empty(k, dtype=torch.int64))
         elif kind == "legacy":
             _, ldir, m, k, n = task
             if ldir not in sys.path:
@@ -203,6 +220,7 @@ def precompile(legacy: str | None, shapes: list[str], ms: list[int], jobs: int) 
     for name in shapes:
         k, n = SHAPES[name]
         tasks += [("dequant", k, n, c if c else n) for c in CHUNKS if c < n]
+        tasks += [("gather", k)]
         if legacy:
             tasks += [("legacy", legacy, m, k, n) for m in ms if m < 512]
     t0 = time.time()
@@ -315,6 +333,13 @@ class Layer:
             except Exception as e:   # noqa: BLE001
                 print(f"# tinygemm unavailable: {str(e)[:100]}", flush=True)
         del w32
+        self.copy_us = None
+        if dev == "cuda":   # moving the same bytes (read + write = ours_bytes) by a copy
+            bufs = [torch.empty(ours_bytes // 2, dtype=torch.uint8, device=dev)
+                    for _ in range(max(2, min(32, math.ceil(ROTATE_BYTES * 2 / ours_bytes))))]
+            dst = torch.empty_like(bufs[0])
+            self.copy_us = graph_us(lambda b: dst.copy_(b), bufs)
+            del bufs, dst
 
 
 def rel_err(y: torch.Tensor, ref: torch.Tensor) -> float:
@@ -326,15 +351,15 @@ def candidates(name: str, m: int, n: int, k: int, act: bool, best: dict) -> list
     act-order, M))."""
     if m <= 16:
         if not act and m in (1, 16):
-            return with_splits(DECODE, m, n, k)
+            return with_splits(DECODE, m, n, k, (1.0, 2.0, 4.0, 8.0))
         if not act:
-            top = best.get((name, False, 1), [])[:4] + best.get((name, False, 16), [])[:4]
+            top = best.get((name, False, 1), [])[:5] + best.get((name, False, 16), [])[:5]
             return list(dict.fromkeys(top)) or with_splits(DECODE[3:6], m, n, k)
         top = best.get((name, False, m), [])[:3] or with_splits(DECODE[3:5], m, n, k)
         return top + [dataclasses.replace(top[0], gather=False)]
     if m in MID:
         if not act:
-            return with_splits(MID[m], m, n, k, (1.0, 2.0))
+            return with_splits(MID[m], m, n, k, (1.0, 2.0, 4.0))
         top = best.get((name, False, m), [])[:2]
         return top + [dataclasses.replace(c, gather=not c.gather) for c in top]
     if not act:
@@ -358,7 +383,8 @@ def sweep_shape(name: str, act: bool, ms: list[int], bw: float, legacy, deadline
         y = torch.empty(m, n, dtype=dt, device=dev)
         ref = x.double() @ layer.w64.T
         xy = m * k * 2 + m * n * 2
-        r = {"shape": name, "act": act, "M": m, "K": k, "N": n, "variants": []}
+        r = {"shape": name, "act": act, "M": m, "K": k, "N": n, "variants": [],
+             "copy_us": layer.copy_us}
         if layer.bf16 is not None:
             r["bf16_us"] = graph_us(lambda w: torch.mm(x, w.T, out=y), layer.bf16)
         if layer.tg is not None:
@@ -422,14 +448,16 @@ def table(rows: list, bw: float) -> str:
     nan = float("nan")
     out = [f"copy bandwidth {bw / 1e12:.2f} TB/s",
            f"{'shape':6s} {'act':>3s} {'M':>5s} {'bf16':>7s} {'tgemm':>7s} {'old':>7s} "
-           f"{'ours':>7s} {'%BW':>4s} {'xbf16':>5s} {'xold':>5s} {'xtg':>5s} f best"]
+           f"{'ours':>7s} {'%BW':>4s} {'%cp':>4s} {'xbf16':>5s} {'xold':>5s} {'xtg':>5s} f best"]
     for r in sorted(rows, key=lambda q: (list(SHAPES).index(q["shape"]), q["act"], q["M"])):
         tgr = (r["tinygemm_us"] / r["best_us"]) if r.get("tinygemm_us") and "best_us" in r \
+            else nan
+        cp = (100 * r["copy_us"] / r["best_us"]) if r.get("copy_us") and "best_us" in r \
             else nan
         out.append(f"{r['shape']:6s} {int(r['act']):3d} {r['M']:5d} "
                    f"{r.get('bf16_us', nan):7.1f} {r.get('tinygemm_us', nan):7.1f} "
                    f"{r.get('old_us', nan):7.1f} {r.get('best_us', nan):7.1f} "
-                   f"{r.get('bw_pct', nan):4.0f} {r.get('vs_bf16', nan):5.2f} "
+                   f"{r.get('bw_pct', nan):4.0f} {cp:4.0f} {r.get('vs_bf16', nan):5.2f} "
                    f"{r.get('vs_old', nan):5.2f} {tgr:5.2f} {r['n_fail']} "
                    f"{r.get('best', '-')}")
     return "\n".join(out)

@@ -194,8 +194,9 @@ class TestGPU:
 
     @pytest.mark.parametrize("m", [5, 130, 512])
     @pytest.mark.parametrize("variant", ["factored", "factored-split3", "dequant",
-                                         "dequant-split2", "wide", "pre-gather", "cublas",
-                                         "cublas-chunk"])
+                                         "dequant-split2", "wide", "pre-gather",
+                                         "decode-deq", "decode-deq-w8", "decode-k32",
+                                         "decode-v2", "cublas", "cublas-chunk"])
     @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
     def test_every_path(self, m: int, variant: str, dtype: torch.dtype) -> None:
         """Each kernel variant on ragged sizes (N, M not tile multiples), act-order, bias."""
@@ -208,6 +209,10 @@ class TestGPU:
                 "wide": tg.GemmConfig(128, 256, 1, factored=False, num_warps=8,
                                       num_stages=3),
                 "pre-gather": tg.GemmConfig(16, 128, 2, gather=False),
+                "decode-deq": tg.GemmConfig(16, 128, 3, factored=False),
+                "decode-deq-w8": tg.GemmConfig(16, 256, 2, factored=False, num_warps=8),
+                "decode-k32": tg.GemmConfig(16, 128, 2, block_k=32),
+                "decode-v2": tg.GemmConfig(16, 64, 2, factored=False, num_warps=2),
                 "cublas": tg.CublasConfig(),
                 "cublas-chunk": tg.CublasConfig(256)}
         run_check(m, 1000, 576, 64, act_order=True, bias=True, dtype=dtype,

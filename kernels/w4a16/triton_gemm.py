@@ -158,27 +158,36 @@ def _rows(o0, o1, o2, o3, o4, o5, o6, o7, BN: tl.constexpr, NC: tl.constexpr):
 
 @triton.jit
 def _sub_tile(acc, part, w, j: tl.constexpr, k0, x_rows, perm_ptr, sz_ptr, KX, N, offs_n,
-              mask_m, mask_n, GS: tl.constexpr, SUBK: tl.constexpr, SPG: tl.constexpr,
+              mask_m, mask_n, xg, GS: tl.constexpr, SUBK: tl.constexpr, SPG: tl.constexpr,
               BN: tl.constexpr, FACTORED: tl.constexpr, IS_BF16: tl.constexpr,
-              GATHER: tl.constexpr, USE_ASM: tl.constexpr):
+              GATHER: tl.constexpr, USE_ASM: tl.constexpr, EVEN_N: tl.constexpr,
+              EVEN_K: tl.constexpr, X_GIVEN: tl.constexpr):
     """Sub-tile j of the block at row k0: rows [k, k + SUBK), k = k0 + j * SUBK, from the
-    words w [BN, 4, SUBK // 32]. FACTORED: part (the group's q - z dot, float32) is begun at
-    the group's first sub-tile (j % SPG == 0) and scaled into acc at its last; otherwise
-    acc += ((q - z) s) x^T. Returns (acc, part)."""
+    words w [BN, 4, SUBK // 32] and x[:, k:k+SUBK] (xg when X_GIVEN, else loaded here).
+    FACTORED: part (the group's q - z dot, float32) is begun at the group's first sub-tile
+    (j % SPG == 0) and scaled into acc at its last; otherwise acc += ((q - z) s) x^T.
+    Returns (acc, part)."""
     k = k0 + j * SUBK
-    sz = tl.load(sz_ptr + (k // GS) * N + offs_n, mask=mask_n, other=0)         # [BN]
+    if EVEN_N:
+        sz = tl.load(sz_ptr + (k // GS) * N + offs_n)                                # [BN]
+    else:
+        sz = tl.load(sz_ptr + (k // GS) * N + offs_n, mask=mask_n, other=0)
     if IS_BF16:
         zz = (((sz >> 16) & 0xFF) | 0x4300) * 0x10001                # (128 + z) x2, bf16
     else:
         zz = (((sz >> 16) & 0xFF) | 0x6400) * 0x10001                # (1024 + z) x2, fp16
     s16 = (sz & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True)                # [BN]
     offs_k = k + tl.arange(0, SUBK)
-    if GATHER:
+    if X_GIVEN:
+        x = xg
+    elif GATHER:
         src = tl.load(perm_ptr + offs_k)
         x = tl.load(x_rows + src[None, :], mask=mask_m[:, None], other=0.0)
+    elif EVEN_K:
+        x = tl.load(x_rows + offs_k[None, :], mask=mask_m[:, None], other=0.0)    # [BM, SUBK]
     else:
         x = tl.load(x_rows + offs_k[None, :], mask=mask_m[:, None] & (offs_k[None, :] < KX),
-                    other=0.0)                                       # [BM, SUBK]
+                    other=0.0)
     if FACTORED:
         o0, o1, o2, o3, o4, o5, o6, o7 = _unpack(w, zz[:, None, None], zz[:, None, None],
                                                  IS_BF16, False, USE_ASM)
@@ -217,7 +226,7 @@ def _w4a16_kernel(
     GS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
     GROUP_M: tl.constexpr, FACTORED: tl.constexpr, IS_BF16: tl.constexpr,
     HAS_BIAS: tl.constexpr, GATHER: tl.constexpr, USE_ASM: tl.constexpr,
-    SPLIT: tl.constexpr,
+    SPLIT: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
 ):
     """x [M, KX] @ W^T -> y [M, N]; grid (tiles_m * tiles_n, SPLIT_K). See module docstring.
 
@@ -250,40 +259,66 @@ def _w4a16_kernel(
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
     w_ptrs = w_ptr + offs_n[:, None] * 16 + tl.arange(0, 16)[None, :]
 
+    # act-order with whole-block dots: the gathered x of block b + 1 (and perm of b + 2) is
+    # loaded during block b, so the 2-byte gathers (no cp.async) are off the critical path
+    PREFETCH: tl.constexpr = GATHER and NSUB == 1
+    offs_kb = tl.arange(0, 128)
+    if PREFETCH:
+        src = tl.load(perm_ptr + b_lo * 128 + offs_kb, mask=(offs_kb < 128) & (b_lo < b_hi),
+                      other=0)
+        xg = tl.load(x_rows + src[None, :], mask=mask_m[:, None] & (b_lo < b_hi), other=0.0)
+        src = tl.load(perm_ptr + (b_lo + 1) * 128 + offs_kb,
+                      mask=(offs_kb < 128) & (b_lo + 1 < b_hi), other=0)
+    else:
+        xg = tl.zeros((BM, 128), dtype=x_ptr.dtype.element_ty)           # unused
+        src = offs_kb
     acc = tl.zeros((BN, BM), dtype=tl.float32)                           # y^T tile
     for b in range(b_lo, b_hi):
         k0 = b * 128
-        w = tl.load(w_ptrs + b * N * 16, mask=mask_n[:, None], other=0)  # [BN, 16] words
+        x_cur = xg
+        if PREFETCH:
+            xg = tl.load(x_rows + src[None, :], mask=mask_m[:, None] & (b + 1 < b_hi),
+                         other=0.0)
+            src = tl.load(perm_ptr + (b + 2) * 128 + offs_kb,
+                          mask=(offs_kb < 128) & (b + 2 < b_hi), other=0)
+        if EVEN_N:
+            w = tl.load(w_ptrs + b * N * 16)                             # [BN, 16] words
+        else:
+            w = tl.load(w_ptrs + b * N * 16, mask=mask_n[:, None], other=0)
         w = tl.reshape(w, (BN, 4, 4))                                    # [n, t, c]
         part = tl.zeros((BN, BM), dtype=tl.float32)
         if NSUB == 1:
             acc, part = _sub_tile(acc, part, w, 0, k0, x_rows, perm_ptr, sz_ptr, KX, N,
-                                  offs_n, mask_m, mask_n, GS, SUBK, SPG, BN, FACTORED,
-                                  IS_BF16, GATHER, USE_ASM)
+                                  offs_n, mask_m, mask_n, x_cur, GS, SUBK, SPG, BN, FACTORED,
+                                  IS_BF16, GATHER, USE_ASM, EVEN_N, EVEN_K, PREFETCH)
         elif NSUB == 2:                # c = 2 c1 + c0: sub-tile c1 holds chunks 2 c1, 2 c1 + 1
             w0, w1 = tl.split(tl.permute(tl.reshape(w, (BN, 4, 2, 2)), (0, 1, 3, 2)))
             acc, part = _sub_tile(acc, part, w0, 0, k0, x_rows, perm_ptr, sz_ptr, KX, N,
-                                  offs_n, mask_m, mask_n, GS, SUBK, SPG, BN, FACTORED,
-                                  IS_BF16, GATHER, USE_ASM)
+                                  offs_n, mask_m, mask_n, x_cur, GS, SUBK, SPG, BN, FACTORED,
+                                  IS_BF16, GATHER, USE_ASM, EVEN_N, EVEN_K, False)
             acc, part = _sub_tile(acc, part, w1, 1, k0, x_rows, perm_ptr, sz_ptr, KX, N,
-                                  offs_n, mask_m, mask_n, GS, SUBK, SPG, BN, FACTORED,
-                                  IS_BF16, GATHER, USE_ASM)
+                                  offs_n, mask_m, mask_n, x_cur, GS, SUBK, SPG, BN, FACTORED,
+                                  IS_BF16, GATHER, USE_ASM, EVEN_N, EVEN_K, False)
         else:                          # NSUB == 4: sub-tile c holds chunk c
             wa, wb = tl.split(tl.reshape(w, (BN, 4, 2, 2)))              # c0 = 0, 1
             wa0, wa1 = tl.split(wa)                                      # c = 0, 2
             wb0, wb1 = tl.split(wb)                                      # c = 1, 3
             acc, part = _sub_tile(acc, part, tl.reshape(wa0, (BN, 4, 1)), 0, k0, x_rows,
-                                  perm_ptr, sz_ptr, KX, N, offs_n, mask_m, mask_n, GS, SUBK,
-                                  SPG, BN, FACTORED, IS_BF16, GATHER, USE_ASM)
+                                  perm_ptr, sz_ptr, KX, N, offs_n, mask_m, mask_n, x_cur, GS,
+                                  SUBK, SPG, BN, FACTORED, IS_BF16, GATHER, USE_ASM, EVEN_N,
+                                  EVEN_K, False)
             acc, part = _sub_tile(acc, part, tl.reshape(wb0, (BN, 4, 1)), 1, k0, x_rows,
-                                  perm_ptr, sz_ptr, KX, N, offs_n, mask_m, mask_n, GS, SUBK,
-                                  SPG, BN, FACTORED, IS_BF16, GATHER, USE_ASM)
+                                  perm_ptr, sz_ptr, KX, N, offs_n, mask_m, mask_n, x_cur, GS,
+                                  SUBK, SPG, BN, FACTORED, IS_BF16, GATHER, USE_ASM, EVEN_N,
+                                  EVEN_K, False)
             acc, part = _sub_tile(acc, part, tl.reshape(wa1, (BN, 4, 1)), 2, k0, x_rows,
-                                  perm_ptr, sz_ptr, KX, N, offs_n, mask_m, mask_n, GS, SUBK,
-                                  SPG, BN, FACTORED, IS_BF16, GATHER, USE_ASM)
+                                  perm_ptr, sz_ptr, KX, N, offs_n, mask_m, mask_n, x_cur, GS,
+                                  SUBK, SPG, BN, FACTORED, IS_BF16, GATHER, USE_ASM, EVEN_N,
+                                  EVEN_K, False)
             acc, part = _sub_tile(acc, part, tl.reshape(wb1, (BN, 4, 1)), 3, k0, x_rows,
-                                  perm_ptr, sz_ptr, KX, N, offs_n, mask_m, mask_n, GS, SUBK,
-                                  SPG, BN, FACTORED, IS_BF16, GATHER, USE_ASM)
+                                  perm_ptr, sz_ptr, KX, N, offs_n, mask_m, mask_n, x_cur, GS,
+                                  SUBK, SPG, BN, FACTORED, IS_BF16, GATHER, USE_ASM, EVEN_N,
+                                  EVEN_K, False)
     out = tl.trans(acc)                                                  # [BM, BN]
 
     if not SPLIT:
@@ -308,6 +343,27 @@ def _w4a16_kernel(
 
 
 @triton.jit
+def _gather_kernel(x_ptr, perm_ptr, out_ptr, KP, stride_xm, BLOCK: tl.constexpr):
+    """out[m, i] = x[m, perm[i]] for i < KP; grid (M, cdiv(KP, BLOCK))."""
+    m = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < KP
+    src = tl.load(perm_ptr + offs, mask=mask, other=0)
+    v = tl.load(x_ptr + m * stride_xm + src, mask=mask)
+    tl.store(out_ptr + m * KP + offs, v, mask=mask)
+
+
+def gather_columns(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """x[:, perm] ([M, KP], contiguous) in one launch (index_select costs more here)."""
+    m, kp = x.shape[0], perm.shape[0]
+    out = torch.empty((m, kp), dtype=x.dtype, device=x.device)
+    if m:
+        _gather_kernel[(m, triton.cdiv(kp, 1024))](x, perm, out, kp, x.stride(0), BLOCK=1024,
+                                                    num_warps=4)
+    return out
+
+
+@triton.jit
 def _dequant_nibble(w, i: tl.constexpr, z, s):
     return ((w >> (4 * i)) & 0xF).to(tl.float32) * s - z
 
@@ -325,8 +381,8 @@ def _dequant_kernel(w_ptr, sz_ptr, out_ptr, N, n0, n_end, ld_out, GS: tl.constex
                 mask=mask_n[:, None], other=0)
     w = tl.reshape(w, (BN, 4, 4))
     out = tl.zeros((BN, 128), dtype=tl.float32)
-    for sub in tl.static_range(128 // GS if GS < 128 else 1):
-        sub_rows: tl.constexpr = GS if GS < 128 else 128
+    sub_rows: tl.constexpr = GS if GS < 128 else 128
+    for sub in tl.static_range(128 // sub_rows):
         sz = tl.load(sz_ptr + ((b * 128 + sub * sub_rows) // GS) * N + offs_n, mask=mask_n,
                      other=0)
         s = (sz & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
@@ -372,8 +428,9 @@ class GemmConfig:
                                  f"got {v}")
         if not 1 <= self.split_k <= 64:
             raise ValueError(f"GemmConfig.split_k: expected 1..64, got {self.split_k}")
-        if self.num_warps not in (4, 8):
-            raise ValueError(f"GemmConfig.num_warps: expected 4 or 8, got {self.num_warps}")
+        if self.num_warps not in (1, 2, 4, 8):
+            raise ValueError(f"GemmConfig.num_warps: expected 1, 2, 4 or 8, got "
+                             f"{self.num_warps}")
         if self.num_stages < 1:
             raise ValueError(f"GemmConfig.num_stages: expected >= 1, got {self.num_stages}")
         if self.block_k not in (32, 64, 128):
@@ -472,6 +529,7 @@ def _gemm(x: torch.Tensor, prepared: dict[str, torch.Tensor], bias: torch.Tensor
         GS=gs, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, GROUP_M=cfg.group_m,
         FACTORED=cfg.factored, IS_BF16=x.dtype == torch.bfloat16,
         HAS_BIAS=bias is not None, GATHER=gather, USE_ASM=_use_asm(x), SPLIT=split > 1,
+        EVEN_N=n % cfg.block_n == 0, EVEN_K=gather or kx == kp,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages)
 
 
@@ -550,7 +608,7 @@ def w4a16_linear(x: torch.Tensor, prepared: dict[str, torch.Tensor],
         cfg = pick_config(min(m, 128), n, kp, sm_count(x.device))
     gather = has_perm and isinstance(cfg, GemmConfig) and cfg.gather
     if has_perm and not gather:
-        x2 = x2.index_select(1, prepared["perm"])                    # [M, KP]
+        x2 = gather_columns(x2, prepared["perm"])                    # [M, KP]
     if isinstance(cfg, CublasConfig):
         _cublas(x2, prepared, bias, y, cfg)
     else:
