@@ -20,7 +20,10 @@ rotating buffers) / ours: what a single launch of that size can reach here.
 
 Kernels compile first in parallel worker processes (Triton's cache, for sm_90, without a
 GPU: a stand-in driver), so the timing loop finds them built. The previous kernel (git
-7f6bb3c's kernels/w4a16, as a package `w4a16_old` under --legacy DIR) is timed when present.
+9335730's kernels/w4a16, as a package `w4a16_old` under --legacy DIR) is timed when present.
+Candidates: decode (M <= 16) all of DECODE with split-K for ~1-8 programs per SM at M = 1
+and 16, the best ten of those at M = 2-8; MID / LARGE per M; act-order rows time the best
+configs without act-order, with and without the in-kernel gather.
 Output: one line per (shape, act-order, M) as it goes, JSON and markdown under $OUT, and the
 compact table last.
 """
@@ -95,7 +98,7 @@ def describe(c) -> str:
     if isinstance(c, tg.CublasConfig):
         return f"cublas chunk{c.chunk_n}"
     kind = "fac" if c.factored else "deq"
-    g = "" if c.gather else " pre-gather"
+    g = " gather" if c.gather else ""       # in-kernel act-order gather
     bk = "" if c.block_k == 128 else f" k{c.block_k}"
     return (f"{kind} {c.block_m}x{c.block_n} s{c.split_k} w{c.num_warps} st{c.num_stages}"
             f"{bk}{g}")

@@ -194,7 +194,7 @@ class TestGPU:
 
     @pytest.mark.parametrize("m", [5, 130, 512])
     @pytest.mark.parametrize("variant", ["factored", "factored-split3", "dequant",
-                                         "dequant-split2", "wide", "pre-gather",
+                                         "dequant-split2", "wide", "in-kernel-gather",
                                          "decode-deq", "decode-deq-w8", "decode-k32",
                                          "decode-v2", "cublas", "cublas-chunk"])
     @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -208,7 +208,7 @@ class TestGPU:
                                                 num_stages=3),
                 "wide": tg.GemmConfig(128, 256, 1, factored=False, num_warps=8,
                                       num_stages=3),
-                "pre-gather": tg.GemmConfig(16, 128, 2, gather=False),
+                "in-kernel-gather": tg.GemmConfig(16, 128, 2, gather=True),
                 "decode-deq": tg.GemmConfig(16, 128, 3, factored=False),
                 "decode-deq-w8": tg.GemmConfig(16, 256, 2, factored=False, num_warps=8),
                 "decode-k32": tg.GemmConfig(16, 128, 2, block_k=32),
@@ -363,6 +363,17 @@ class TestInterpreter:
 
     def test_cublas_path_bf16(self) -> None:
         run_check(5, 64, 192, 64, act_order=True, bias=True, device="cpu", path="cublas")
+
+    @pytest.mark.parametrize("m", [1, 16, 32, 64, 128, 512, 4096])
+    @pytest.mark.parametrize("k,n", [(4096, 6144), (4096, 4096), (4096, 28672),
+                                     (14336, 4096)])
+    def test_picked_configs(self, m: int, k: int, n: int) -> None:
+        """Every configuration pick_config chooses for the Llama-3-8B shapes, run on a small
+        ragged problem (act-order, bias) so the interpreter stays quick."""
+        tg = _triton_gemm()
+        cfg = tg.pick_config(m, n, k)
+        run_check(min(m, 20), 200, 320, 64, act_order=True, bias=True, dtype=torch.float16,
+                  device="cpu", config=cfg)
 
     def test_cublas_chunks(self) -> None:
         tg = _triton_gemm()

@@ -11,8 +11,8 @@ Layout (the dict `prepare` returns; every entry a tensor on the weights' device)
                              128 layout rows, and per block and output column n the 16 words
                              of that column contiguous (64 bytes). Word r = 4t + c (t, c < 4)
                              holds in bits [4i, 4i+4) (i = 2s + h + 4e; s, h, e < 2) the code
-                             of block row kk = 32c + 16s + 8h + 2t + e (`row_of_nibble`). Why: with
-                             ``(w >> 4j) & 0x000F000F`` (j < 4) a word gives the codes of rows
+                             of block row kk = 32c + 16s + 8h + 2t + e (`row_of_nibble`).
+                             Why: ``(w >> 4j) & 0x000F000F`` (j < 4) gives the codes of rows
                              kk and kk + 1 in the low and high half of one register, which is
                              how a tensor-core A operand (rows 2t, 2t+1 and 2t+8, 2t+9 of each
                              16-row K step held by lane t of a quad) wants its pairs: the

@@ -1,39 +1,44 @@
 """W4A16 GEMM in Triton: y[M, N] = x[M, K] @ W^T (+ bias), W in the layout of layout.py.
 
-One kernel, `_w4a16_kernel`, for every M. It computes y^T = W x^T ("swapped" operands): the
-weights are the tensor cores' A operand, taken from registers, and x^T the B operand, from
-shared memory, so the M tile can be as small as 16 (decode) and as large as 256 (prefill).
+One kernel, `_w4a16_kernel`, for M up to ~1024. It computes y^T = W x^T ("swapped"
+operands): the weights are the tensor cores' A operand, taken from registers, and x^T the B
+operand, from shared memory, so the M tile can be as small as 16 (decode) or as large as 256.
 
 Per 128-row K block a program loads its [BN, 16] words (cp.async-pipelined, 16-byte loads:
 a column's 16 words are contiguous) and makes the operand by integer ops alone: for a word w
 and j < 4, ``((w >> 4j) & 0x000F000F) | MAGIC`` is a pair of 16-bit floats OFF + q for the
 block rows kk, kk + 1 that one A-operand register holds (layout.py orders the nibbles so),
-with MAGIC 0x4300 (bf16 128.0) or 0x6400 (fp16 1024.0): no int -> float instruction. One
-packed subtraction of OFF + z leaves q - z exactly. `_unpack` does it for a word in 11
-instructions (PTX through `tl.inline_asm_elementwise`; plain Triton ops in the interpreter);
-the joins and reshapes in `_a_tile` only rename registers (checked in the SASS: no shuffles or
-shared-memory round trips between the word load and the wgmma).
+with MAGIC 0x4300 (bf16 128.0) or 0x6400 (fp16 1024.0): no int -> float conversion. One
+packed subtraction of OFF + z leaves q - z exactly. `_unpack` does a word in 11 instructions
+(3 shifts, 4 lop3, 4 packed subs; PTX through `tl.inline_asm_elementwise`, plain Triton ops
+in the interpreter); the joins and reshapes in `_rows` only rename registers (checked in the
+SASS: no shuffles or shared-memory round trips between the word load and the wgmma). The
+decode loop runs ~2.4 instructions per weight and thread, 1.4 of them the unpacking.
 
 - FACTORED (exact): ``part = dot(q - z, x)`` per group (small integer weights, exact
   products, float32 sums), then ``acc += s * part`` in float32; or
 - dequantizing (FACTORED=False): ``(q - z) * s`` in the activation dtype (one more packed op
   per pair; for bf16 s is rounded to bf16 and the product once more: weights within ~2^-8
-  instead of 2^-9) and ``acc = dot(a, x, acc)``, one accumulation chain (the wgmmas of
-  consecutive blocks overlap), better for large M.
+  instead of 2^-9) and ``acc = dot(a, x, acc)``, one accumulation chain whose wgmmas stay
+  in flight across blocks (the factored one waits for each group's dot); better from M ~128.
 
-Groups of 32 or 64 rows: the block is cut into 4 or 2 sub-tiles of 32-row chunks (word c of
-each quad lane, see layout.py), one dot each with its group's scales.
+Groups of 32 or 64 rows, or ``block_k`` < 128: the block is cut into sub-tiles of 32-row
+chunks (word c of each quad lane, see layout.py), one dot each.
 
-Act-order (``perm``): with GATHER the kernel reads ``x[m, perm[k]]`` itself (2-byte gathers
-from L2; for small M, where it saves a launch), otherwise the caller passes ``x[:, perm]``.
+Act-order (``perm``): `gather_columns` writes ``x[:, perm]`` first (one small launch). With
+``gather`` the kernel instead reads ``x[m, perm[k]]`` itself (2-byte loads, prefetched a
+block ahead); measured on an H200 it only ties at M = 1 and loses elsewhere, so
+`pick_config` never uses it.
 
 Split-K (``SPLIT_K > 1``, grid axis 1): program (tile, s) covers K blocks [s*T, (s+1)*T),
 stores its float32 partial to ``ws[s]`` and bumps the tile's arrival counter (acq_rel, after a
 CTA barrier); the last program to arrive sums the SPLIT_K partials in split order
-(deterministic), adds the bias, writes y and resets the counter to 0. One launch.
+(deterministic), adds the bias, writes y and resets the counter to 0. One launch; the
+epilogue is compiled only into kernels launched with a split (its loads cost registers).
 
-For large M the "cublas" path dequantizes W^T (`_dequant_kernel`, float32 math, rounded once)
-and calls cuBLAS, in column chunks small enough that the chunk stays in L2 between the two.
+From M = CUBLAS_MIN_M the "cublas" path dequantizes W^T (`_dequant_kernel`, float32 math,
+rounded once) and calls cuBLAS (optionally in column chunks that stay in L2; measured no
+better at M = 4096, so `pick_config` does it at once).
 
 Preconditions (checked in `w4a16_linear`): x [M, KX] with unit stride along K and KX <= KP,
 columns past KX count as zero; KP a multiple of 128; GS in (32, 64) or a multiple of 128.
@@ -344,9 +349,10 @@ def _w4a16_kernel(
 
 @triton.jit
 def _gather_kernel(x_ptr, perm_ptr, out_ptr, KP, stride_xm, BLOCK: tl.constexpr):
-    """out[m, i] = x[m, perm[i]] for i < KP; grid (M, cdiv(KP, BLOCK))."""
-    m = tl.program_id(0).to(tl.int64)
-    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    """out[m, i] = x[m, perm[i]] for i < KP; grid (cdiv(KP, BLOCK), M): the programs of
+    one row run together, so its scattered 2-byte reads hit L2."""
+    m = tl.program_id(1).to(tl.int64)
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < KP
     src = tl.load(perm_ptr + offs, mask=mask, other=0)
     v = tl.load(x_ptr + m * stride_xm + src, mask=mask)
@@ -354,11 +360,15 @@ def _gather_kernel(x_ptr, perm_ptr, out_ptr, KP, stride_xm, BLOCK: tl.constexpr)
 
 
 def gather_columns(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """x[:, perm] ([M, KP], contiguous) in one launch (index_select costs more here)."""
+    """x[:, perm] ([M, KP], contiguous): one Triton launch for M < CUBLAS_MIN_M (measured
+    ~7 µs less than index_select at M <= 16 on an H200), index_select above (measured
+    there; the Triton kernel's row-local order is untested at that size)."""
     m, kp = x.shape[0], perm.shape[0]
+    if m >= CUBLAS_MIN_M:
+        return x.index_select(1, perm)
     out = torch.empty((m, kp), dtype=x.dtype, device=x.device)
     if m:
-        _gather_kernel[(m, triton.cdiv(kp, 1024))](x, perm, out, kp, x.stride(0), BLOCK=1024,
+        _gather_kernel[(triton.cdiv(kp, 1024), m)](x, perm, out, kp, x.stride(0), BLOCK=1024,
                                                     num_warps=4)
     return out
 
@@ -408,7 +418,7 @@ def _dequant_kernel(w_ptr, sz_ptr, out_ptr, N, n0, n_end, ld_out, GS: tl.constex
 class GemmConfig:
     """Launch parameters of `_w4a16_kernel` (block_n is the MMA's M: >= 64 uses wgmma).
     block_k: rows per tensor-core dot (128, 64, 32; fewer live operand registers for big
-    tiles). gather: act-order x gathered inside the kernel (else one index_select before)."""
+    tiles). gather: act-order x gathered inside the kernel (else `gather_columns` first)."""
 
     block_m: int
     block_n: int
@@ -417,7 +427,7 @@ class GemmConfig:
     num_warps: int = 4
     num_stages: int = 4
     group_m: int = 8
-    gather: bool = True
+    gather: bool = False
     block_k: int = 128
 
     def __post_init__(self) -> None:
@@ -464,29 +474,54 @@ def sm_count(device: torch.device) -> int:
 
 def choose_split_k(m: int, n: int, kp: int, bm: int, bn: int, sms: int,
                    per_sm: float = 2.0, min_blocks: int = 2) -> int:
-    """Splits of K so that there are about per_sm * SMs programs, keeping at least
-    min_blocks K blocks of 128 rows per split (1 when the tiles alone are enough)."""
+    """Splits of K: 1 when the output tiles alone fill the SMs, else about per_sm * SMs
+    programs, keeping at least min_blocks K blocks of 128 rows per split."""
     tiles = -(-m // bm) * -(-n // bn)
     blocks = kp // BLOCK_K
-    if tiles >= per_sm * sms or blocks < 2 * min_blocks:
+    if tiles >= sms or blocks < 2 * min_blocks:
         return 1
     return max(1, min(-(-int(per_sm * sms) // tiles), blocks // min_blocks, MAX_SPLIT_K))
 
 
+CUBLAS_MIN_M = 1025      # M above this: dequantize + cuBLAS (measured better at M = 4096)
+
+
 def pick_config(m: int, n: int, kp: int, sms: int = 132) -> GemmConfig | CublasConfig:
-    """The launch configuration by M (placeholder until the sweep's winners are in)."""
+    """The launch configuration by M and shape: the winners of `bench/w4a16_sweep.py` on
+    an H200 (2026-12-01, bench/RESULTS.md) for Llama-3-8B's qkv, o, gate-up and down, each
+    pick the best or within ~5% of it. "wide": N alone makes a 128-column tile per SM
+    (gate-up); otherwise narrower tiles and split-K make up the parallelism (~2 programs
+    per SM for M <= 32, ~1 above). Act-order always gathers x first (`gather_columns`):
+    the in-kernel gather lost everywhere but M = 1 on o, where it tied."""
+    wide = -(-n // 128) >= sms
+    if m >= CUBLAS_MIN_M:
+        return CublasConfig(0)
     if m <= 16:
-        cfg, per_sm = GemmConfig(16, 128, factored=True, num_warps=4, num_stages=4), 2.0
+        if wide:
+            cfg = GemmConfig(16, 128, factored=True, num_warps=4, num_stages=4, gather=False)
+        elif kp <= 4096 and n <= 4096:
+            cfg = GemmConfig(16, 64, factored=True, num_warps=4, num_stages=4, gather=False)
+        else:
+            cfg = GemmConfig(16, 128, factored=True, num_warps=4, num_stages=3, gather=False)
+        per_sm = 2.0
     elif m <= 32:
-        cfg, per_sm = GemmConfig(32, 128, factored=True, num_warps=4, num_stages=4), 2.0
+        cfg = GemmConfig(32, 128 if wide else 64, factored=True, num_warps=4, num_stages=4,
+                         gather=False)
+        per_sm = 2.0
     elif m <= 64:
-        cfg, per_sm = GemmConfig(64, 128, factored=False, num_warps=4, num_stages=4), 1.0
+        cfg = (GemmConfig(64, 256, factored=False, num_warps=8, num_stages=3, gather=False)
+               if wide else
+               GemmConfig(64, 64, factored=True, num_warps=4, num_stages=4, gather=False))
+        per_sm = 1.0
     elif m <= 256:
-        cfg, per_sm = GemmConfig(128, 128, factored=False, num_warps=8, num_stages=3,
-                                 gather=False), 1.0
+        cfg = (GemmConfig(128, 256, factored=False, num_warps=8, num_stages=3, gather=False)
+               if wide else
+               GemmConfig(64, 128, factored=False, num_warps=4, num_stages=4, gather=False))
+        per_sm = 1.0
     else:
-        return CublasConfig(chunk_n=2048)
-    split = choose_split_k(m, n, kp, cfg.block_m, cfg.block_n, sms, per_sm)
+        bm = 256 if n >= 6144 else 128
+        return GemmConfig(bm, 128, 1, factored=False, num_warps=8, num_stages=3, gather=False)
+    split = 1 if wide else choose_split_k(m, n, kp, cfg.block_m, cfg.block_n, sms, per_sm)
     return dataclasses.replace(cfg, split_k=split)
 
 
