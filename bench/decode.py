@@ -107,7 +107,8 @@ def write_checkpoint(folder: Path, layers: int) -> None:
 def build_all(ckpt: Path, work: Path, schemes: list[str]) -> dict[str, float]:
     """Build every scheme's artifact in its own process, in parallel; seconds each."""
     env = {**os.environ, "TMPDIR": str(work / "tmp"), "PYTHONPATH": str(ROOT),
-           "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 4) // len(schemes)))}
+           # leave a few cores to whatever else runs meanwhile (bench/device_suite.sh)
+           "OMP_NUM_THREADS": str(max(1, ((os.cpu_count() or 4) - 6) // len(schemes)))}
     (work / "tmp").mkdir(exist_ok=True)
     procs, start = {}, time.perf_counter()
     for s in schemes:
