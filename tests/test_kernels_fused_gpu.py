@@ -164,7 +164,8 @@ def check_decode(b: int, hq: int, hk: int, d: int, s_max: int, dtype: torch.dtyp
     seed = _seed()
     gen = _gen(seed, device)
     lens = list(lengths or [])
-    lens += torch.randint(1, s_max + 1, (b - len(lens),), generator=gen).tolist()
+    lens += torch.randint(1, s_max + 1, (b - len(lens),), generator=gen,
+                          device=device).tolist()
     what = (f"seed={seed} b={b} hq={hq} hk={hk} d={d} s_max={s_max} {dtype} window={window} "
             f"scale={scale} lengths={lens} {kw}")
     q = _randn((b, hq * d), gen, device, dtype)
