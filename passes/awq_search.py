@@ -9,14 +9,17 @@ Scale search: for ``ratio = i / n_grid`` (i < n_grid), ``s = x_mean^ratio`` (x_m
 >= 1e-4 and normalised by ``sqrt(max(s) min(s))``; loss = MSE of the group's outputs with
 ``Q(W s) / s`` in place of W (Q: group-wise RTN); the best s is kept (ratio 0 is RTN).
 
-Clip search (per linear, in the scaled space): per output row and group, the max |w| is
-shrunk by ``1 - i / 20`` (i < 10), w clamped to +-that and quantized; the shrink with the
-least error of that group's partial output ``x_g w_g^T`` is kept.
+Clip search (per linear, in the scaled space): per output row and group, the range is
+shrunk by ``1 - i / 20`` (i < 10), w clamped to it and quantized; the shrink with the least
+error of that group's partial output ``x_g w_g^T`` is kept. The range is +-max|w| for
+symmetric schemes (as AutoAWQ) and [min(w, 0), max(w, 0)] for asymmetric ones, both ends
+shrunk (AutoAWQ clamps to +-max|w| there too, which only ever clips the longer side).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -58,8 +61,10 @@ def _w_mean(w: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 def search_scale(ws: list[torch.Tensor], h: torch.Tensor, x_mean: torch.Tensor, bits: int,
-                 group_size: int, sym: bool, n_grid: int, duo: bool = False) -> ScaleResult:
-    """Best per-channel scale for the linears ``ws`` (each [N_l, K]) reading one input."""
+                 group_size: int, sym: bool, n_grid: int, duo: bool = False,
+                 tie: Callable[[torch.Tensor], torch.Tensor] | None = None) -> ScaleResult:
+    """Best per-channel scale for the linears ``ws`` (each [N_l, K]) reading one input;
+    ``tie`` maps each candidate s to the constrained one its absorber can take (GQA)."""
     w = torch.cat(ws, 0).float()
     h = h.float()
     w_mean = _w_mean(w, group_size) if duo else None
@@ -71,6 +76,8 @@ def search_scale(ws: list[torch.Tensor], h: torch.Tensor, x_mean: torch.Tensor, 
             s = (x_mean.pow(ratio) / (w_mean.pow(1 - ratio) + 1e-4)).clamp(min=1e-4)
         else:
             s = x_mean.pow(ratio).clamp(min=1e-4)
+        if tie is not None:
+            s = tie(s)
         s = s / (s.max() * s.min()).sqrt()
         s = torch.where(torch.isfinite(s), s, torch.ones_like(s))
         dw = fake_quant(w * s, bits, group_size, sym) / s - w
@@ -83,26 +90,38 @@ def search_scale(ws: list[torch.Tensor], h: torch.Tensor, x_mean: torch.Tensor, 
 
 
 def search_clip(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int,
-                sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per (row, group) clip value and chosen shrink factor, both [N, G], for w [N, K]
-    given H [K, K]."""
+                sym: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per (row, group) clip range [lo, hi] and chosen shrink factor, all [N, G], for w
+    [N, K] given H [K, K]: the shrink ``p`` of the group's range with the least output error
+    of ``x_g Q(clamp(w_g, p lo, p hi))^T`` vs ``x_g w_g^T``. The range is [-max|w|, max|w|]
+    for symmetric schemes (AutoAWQ) and [min(w, 0), max(w, 0)] for asymmetric ones, so both
+    ends shrink (AutoAWQ's +-max|w| clamp would only ever clip the longer side)."""
     n, k = w.shape
     size = group_size or k
     shrink = 1 - torch.arange(int(CLIP_MAX_SHRINK * CLIP_GRID)) / CLIP_GRID   # [S]
-    out, factors = [], []
+    los, his, factors = [], [], []
     for a in range(0, k, size):
         wg, hg = w[:, a:a + size], h[a:a + size, a:a + size].float()
-        amax = wg.abs().amax(1)                                                 # [N]
-        lim = (shrink[:, None] * amax[None, :])[..., None]                      # [S, N, 1]
-        cur = torch.maximum(torch.minimum(wg[None], lim), -lim).reshape(-1, wg.shape[1])
+        if sym:
+            hi0 = wg.abs().amax(1)                                              # [N]
+            lo0 = -hi0
+        else:
+            lo0, hi0 = wg.amin(1).clamp(max=0), wg.amax(1).clamp(min=0)
+        lo = (shrink[:, None] * lo0[None, :])[..., None]                        # [S, N, 1]
+        hi = (shrink[:, None] * hi0[None, :])[..., None]
+        cur = torch.maximum(torch.minimum(wg[None], hi), lo).reshape(-1, wg.shape[1])
         sc, z = scale_zero(cur, bits, sym)
         dw = (dequantize(quantize(cur, sc, z, bits), sc, z) - wg.repeat(len(shrink), 1))
         err = output_mse(dw, hg).reshape(len(shrink), n)                        # [S, N]
         factors.append(shrink[err.argmin(0)])
-        out.append(factors[-1] * amax)
-    return torch.stack(out, 1), torch.stack(factors, 1)
+        los.append(factors[-1] * lo0)
+        his.append(factors[-1] * hi0)
+    return torch.stack(los, 1), torch.stack(his, 1), torch.stack(factors, 1)
 
 
-def apply_clip(w: torch.Tensor, max_val: torch.Tensor, group_size: int) -> torch.Tensor:
-    lim = expand_groups(max_val, group_size, w.shape[1])
-    return torch.maximum(torch.minimum(w, lim), -lim)
+def apply_clip(w: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor,
+               group_size: int) -> torch.Tensor:
+    """w [N, K] clamped to its (row, group) range [lo, hi] (each [N, G])."""
+    k = w.shape[1]
+    return torch.maximum(torch.minimum(w, expand_groups(hi, group_size, k)),
+                         expand_groups(lo, group_size, k))

@@ -34,6 +34,7 @@ class GptqOptions(CalibOptions, QuantScheme):
     static_groups: bool = False
     damp: float = 0.01
     block_size: int = 128
+    mse: float = 0.0        # > 0: each group's range by the least sum |Q(w) - w|^mse (0: min/max)
     quantize_lm_head: bool = False
     device: str = "cpu"     # where the Hessians and the solver run ("cuda": a GPU)
 
@@ -46,6 +47,8 @@ class GptqOptions(CalibOptions, QuantScheme):
             raise ValueError("device: cuda was asked for but no CUDA GPU is available")
         if not 0 < self.damp <= 1:
             raise ValueError(f"damp: expected a float in (0, 1], got {self.damp}")
+        if self.mse < 0:
+            raise ValueError(f"mse: expected 0 (off) or a norm > 0, got {self.mse}")
         if self.block_size < 1:
             raise ValueError(f"block_size: expected >= 1, got {self.block_size}")
 
@@ -76,8 +79,9 @@ def gptq(graph: Graph, opts: GptqOptions) -> Graph:
             acc = {"h": torch.zeros(k, k, dtype=torch.float64, device=opts.device), "rows": 0}
 
             def visit(env: dict[str, torch.Tensor], inp: str = inp, acc: dict = acc) -> None:
-                x = env[inp].reshape(-1, env[inp].shape[-1]).to(opts.device, torch.float64)
-                acc["h"] += x.T @ x
+                # one chunk's X^T X in float32 (fast), summed over chunks in float64
+                x = env[inp].reshape(-1, env[inp].shape[-1]).to(opts.device, torch.float32)
+                acc["h"] += (x.T @ x).double()
                 acc["rows"] += x.shape[0]
 
             stream.run(unit, weights, until=inp, visit=visit)
@@ -86,7 +90,7 @@ def gptq(graph: Graph, opts: GptqOptions) -> Graph:
                 wname = node.weight("weight")
                 r = solve(weights[wname].to(opts.device), h, opts.bits, opts.group_size,
                           opts.sym, opts.act_order, opts.static_groups, opts.damp,
-                          opts.block_size).to("cpu")
+                          opts.block_size, opts.mse).to("cpu")
                 weights[wname] = r.deq       # later groups see the quantized weight
                 prefix = wname.removesuffix(".weight")
                 tensors[prefix] = pack(r.codes, r.scales, r.zeros, opts, r.g_idx)

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from optimizer.passes.quant_math import (dequantize, n_groups, quantize, rtn, rtn_dequantized,
-                                         scale_zero)
+                                         scale_zero, search_scale_zero)
 
 
 @dataclass
@@ -60,8 +60,12 @@ def _inverse_factor(h: torch.Tensor, damp: float, info: dict) -> torch.Tensor | 
 
 def gptq(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, sym: bool,
          act_order: bool = True, static_groups: bool = False, damp: float = 0.01,
-         block: int = 128) -> GptqResult:
+         block: int = 128, mse: float = 0.0) -> GptqResult:
     n, k = w.shape
+
+    def params(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return search_scale_zero(x, bits, sym, norm=mse) if mse else scale_zero(x, bits, sym)
+
     w0, h0 = w.float(), h.float()
     w = w0.clone()
     h = h0.clone()
@@ -72,7 +76,7 @@ def gptq(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, sym: bool
     gs = group_size or k
     static = None
     if static_groups and group_size:
-        static = [scale_zero(w[:, g * gs:(g + 1) * gs], bits, sym)
+        static = [params(w[:, g * gs:(g + 1) * gs])
                   for g in range(n_groups(k, gs))]
     dev = w.device
     perm = (torch.argsort(torch.diag(h), descending=True) if act_order
@@ -90,7 +94,7 @@ def gptq(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, sym: bool
     col_zero = torch.empty(n, k, device=dev)
     s = z = None
     if not group_size:
-        s, z = scale_zero(w, bits, sym)
+        s, z = params(w)
     for i1 in range(0, k, block):
         i2 = min(i1 + block, k)
         w1 = w[:, i1:i2].clone()
@@ -103,7 +107,7 @@ def gptq(w: torch.Tensor, h: torch.Tensor, bits: int, group_size: int, sym: bool
                     s, z = static[int(perm[col]) // gs]
                 elif col % gs == 0:
                     ahead = torch.cat([w1[:, i:], w[:, i2:]], dim=1)[:, :gs]
-                    s, z = scale_zero(ahead, bits, sym)
+                    s, z = params(ahead)
             q = quantize(w1[:, i:i + 1], s, z, bits)
             deq = dequantize(q, s, z)[:, 0]
             codes[:, col], col_scale[:, col], col_zero[:, col] = q[:, 0], s[:, 0], z[:, 0]

@@ -16,7 +16,8 @@ from optimizer.errors import InvalidInput
 from optimizer.ir import format_graph
 from optimizer.kernels.qlinear.reference import dequantize, pack_bits, qlinear, unpack_bits
 from optimizer.passes.gptq_solver import gptq, relative_output_error
-from optimizer.passes.quant_math import MAX_SCALE, MIN_SCALE, rtn, rtn_dequantized
+from optimizer.passes.quant_math import (MAX_SCALE, MIN_SCALE, rtn, rtn_dequantized,
+                                         scale_zero, search_scale_zero)
 from tiny_models import add_tokenizer, save_tiny
 
 CALIB = Path(__file__).parent / "data" / "calib_small.jsonl"
@@ -90,13 +91,66 @@ def test_degenerate_groups_give_finite_scales_and_exact_zeros() -> None:
         assert torch.isfinite(deq).all()
 
 
+def _range_error64(w: torch.Tensor, s: torch.Tensor, z: torch.Tensor, bits: int,
+                   norm: float, c: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-row sum_k c_k |(q - z) s - w|^norm in float64, q = clamp(round(w / s) + z)."""
+    w, s, z = w.double(), s.double(), z.double()
+    q = torch.clamp(torch.round(w / s) + z, 0, (1 << bits) - 1)
+    err = ((q - z) * s - w).abs().pow(norm)
+    return (err if c is None else err * c.double()).sum(1)
+
+
+def _reference_range_search(w: torch.Tensor, bits: int, sym: bool, grid: int,
+                            max_shrink: float, norm: float,
+                            c: torch.Tensor | None = None) -> torch.Tensor:
+    """The least per-row error over the shrunk ranges p * [min(w, 0), max(w, 0)] (float64,
+    one p at a time, scales rounded to float16 as stored)."""
+    w = w.double()
+    maxq = (1 << bits) - 1
+    lo, hi = w.amin(1).clamp(max=0), w.amax(1).clamp(min=0)
+    best = torch.full((w.shape[0],), float("inf"), dtype=torch.float64)
+    for i in range(int(max_shrink * grid)):
+        p = 1 - i / grid
+        if sym:
+            s = torch.maximum(-p * lo, p * hi) / (maxq // 2)
+        else:
+            s = (p * hi - p * lo) / maxq
+        s = s.clamp(MIN_SCALE, MAX_SCALE).half().double()
+        z = (torch.full_like(s, float(1 << (bits - 1))) if sym
+             else torch.clamp(torch.round(-p * lo / s), 0, maxq))
+        best = torch.minimum(best, _range_error64(w, s[:, None], z[:, None], bits, norm, c))
+    return best
+
+
+@pytest.mark.parametrize("sym", [False, True])
+def test_range_search_finds_the_least_error(sym: bool) -> None:
+    """Heavy-tailed rows (where clipping pays): the searched range has the reference's least
+    error over the grid, never more than the plain min/max range, and less on most rows;
+    with column weights, the weighted error is the one minimised."""
+    g = _gen(11)
+    w = torch.randn(40, 128, generator=g) * torch.rand(40, 1, generator=g)
+    w[:, :3] *= 6                                      # a few outliers per row
+    s, z = search_scale_zero(w, 4, sym, grid=50, max_shrink=0.8, norm=2.4)
+    assert s.shape == z.shape == (40, 1) and torch.equal(s, s.half().float())
+    ours = _range_error64(w, s, z, 4, 2.4)
+    assert (ours <= _reference_range_search(w, 4, sym, 50, 0.8, 2.4) * (1 + 1e-5)).all()
+    plain = _range_error64(w, *scale_zero(w, 4, sym), 4, 2.4)
+    assert (ours <= plain * (1 + 1e-6)).all() and (ours < 0.999 * plain).float().mean() > 0.5
+    c = torch.rand(128, generator=g) ** 4 * 100 + 0.01
+    s, z = search_scale_zero(w, 4, sym, norm=2.0, col_weight=c)
+    ref = _reference_range_search(w, 4, sym, 100, 0.8, 2.0, c)
+    assert (_range_error64(w, s, z, 4, 2.0, c) <= ref * (1 + 1e-5)).all()
+
+
 # --- GPTQ ------------------------------------------------------------------------------
 
 def _reference_gptq(w: torch.Tensor, h: torch.Tensor, bits: int, gs: int,
-                    damp: float) -> torch.Tensor:
+                    damp: float, mse: float = 0.0) -> torch.Tensor:
     """The paper's algorithm, column by column in float64, no blocking, no act-order:
     quantize column j, then W[:, j+1:] -= err_j * Hinv_j[j, j+1:] / Hinv_j[j, j] with the
-    inverse of H restricted to the not-yet-quantized columns."""
+    inverse of H restricted to the not-yet-quantized columns. With ``mse``, each group's
+    range is the shrink p * [lo, hi] (p = 1 - i/100, i < 80) of least sum |Q(w) - w|^mse
+    over the group's current (updated) columns."""
     w = w.double().clone()
     k = w.shape[1]
     h = h.double() + damp * torch.diag(h).double().mean() * torch.eye(k, dtype=torch.float64)
@@ -107,8 +161,15 @@ def _reference_gptq(w: torch.Tensor, h: torch.Tensor, bits: int, gs: int,
         if j % gs == 0:
             blk = w[:, j:j + gs]
             lo, hi = blk.amin(1).clamp(max=0), blk.amax(1).clamp(min=0)
-            s = ((hi - lo) / maxq).clamp(MIN_SCALE, MAX_SCALE).half().double()
-            z = torch.clamp(torch.round(-lo / s), 0, maxq)
+            best = torch.full((w.shape[0],), float("inf"), dtype=torch.float64)
+            for p in ([1 - i / 100 for i in range(80)] if mse else [1.0]):
+                sp = ((p * hi - p * lo) / maxq).clamp(MIN_SCALE, MAX_SCALE).half().double()
+                zp = torch.clamp(torch.round(-p * lo / sp), 0, maxq)
+                err = _range_error64(blk, sp[:, None], zp[:, None], bits, mse or 2.0)
+                take = err < best
+                best = torch.where(take, err, best)
+                s = sp if p == 1.0 else torch.where(take, sp, s)
+                z = zp if p == 1.0 else torch.where(take, zp, z)
         q = torch.clamp(torch.round(w[:, j] / s) + z, 0, maxq)
         codes[:, j] = q.long()
         err = (w[:, j] - (q - z) * s) / hinv[j, j]
@@ -129,10 +190,11 @@ def _problem(seed: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
     return w, 2 * x.T @ x / 512
 
 
-def test_gptq_matches_the_reference_algorithm() -> None:
+@pytest.mark.parametrize("mse", [0.0, 2.4])
+def test_gptq_matches_the_reference_algorithm(mse: float) -> None:
     w, h = _problem()
-    r = gptq(w, h, 4, 32, sym=False, act_order=False, damp=0.01, block=16)
-    ref = _reference_gptq(w, h, 4, 32, 0.01)
+    r = gptq(w, h, 4, 32, sym=False, act_order=False, damp=0.01, block=16, mse=mse)
+    ref = _reference_gptq(w, h, 4, 32, 0.01, mse)
     agree = (r.codes == ref).float().mean().item()
     assert agree > 0.99, agree
 
