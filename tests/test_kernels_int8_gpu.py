@@ -236,10 +236,11 @@ def check_w8a8(m: int, n: int, k: int, *, bias: bool = False,
     what = f"seed={seed} m={m} n={n} k={k} bias={bias} {dtype} {config} {path}"
 
     xq, sx = tg.quantize_per_token(x)
-    # The reference on the CPU: PyTorch's CUDA division by a Python scalar multiplies by the
-    # reciprocal (up to 1 ulp off the IEEE quotient), so ``amax / 127`` there is not the
-    # correctly rounded scale the definition (and the CPU runtime) uses.
-    rq, rs = (t.to(device) for t in w8a8_ref.quantize_per_token(x.cpu()))
+    # the reference quantization on the CPU as well as on the device must agree with the
+    # kernel bit for bit (the reference divides correctly rounded on every device)
+    rq, rs = w8a8_ref.quantize_per_token(x)
+    cq, cs = w8a8_ref.quantize_per_token(x.cpu())
+    assert torch.equal(rq.cpu(), cq) and torch.equal(rs.cpu(), cs), f"reference: {what}"
     assert torch.equal(xq, rq), f"quantized activations differ: {what}"
     assert sx.dtype == torch.float32 and torch.equal(sx, rs[:, 0]), f"scales differ: {what}"
 

@@ -15,7 +15,10 @@ import torch
 def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x: [T, K] -> (int8 [T, K], float32 scales [T, 1]); an all-zero row gets scale 1."""
     amax = x.float().abs().amax(-1, keepdim=True)
-    scale = torch.where(amax > 0, amax / 127.0, torch.ones_like(amax))
+    # a tensor divisor: on CUDA, PyTorch divides by a Python scalar as a multiplication by its
+    # reciprocal (up to 1 ulp off); tensor / tensor is the correctly rounded quotient on every
+    # device, so the scales do not depend on where the reference runs
+    scale = torch.where(amax > 0, amax / torch.full_like(amax, 127.0), torch.ones_like(amax))
     return torch.clamp(torch.round(x.float() / scale), -127, 127).to(torch.int8), scale
 
 
