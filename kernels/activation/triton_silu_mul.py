@@ -9,11 +9,11 @@ Preconditions: x [..., 2F] with unit stride along the last dim (rows may be stri
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
+
+from ..device_info import sm_count
 
 
 @triton.jit
@@ -25,13 +25,6 @@ def _silu_mul_kernel(x_ptr, y_ptr, F, stride_x, stride_y, BLOCK: tl.constexpr):
     b = tl.load(x_ptr + row * stride_x + F + offs, mask=mask, other=0.0).to(tl.float32)
     y = a / (1.0 + tl.exp(-a)) * b
     tl.store(y_ptr + row * stride_y + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
-
-
-@functools.lru_cache(maxsize=None)
-def _sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def pick_block(t: int, f: int, sms: int) -> int:
@@ -56,7 +49,7 @@ def silu_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     if y.dtype != x.dtype or tuple(y.shape) != shape or not y.is_contiguous():
         raise ValueError(f"out must be a contiguous {x.dtype} {shape} tensor")
     if t > 0 and f > 0:
-        block = pick_block(t, f, _sms(x.device))
+        block = pick_block(t, f, sm_count(x.device, off_gpu=4))
         warps = max(1, min(8, block * x.element_size() // 512))    # 16 B per thread
         _silu_mul_kernel[(t, triton.cdiv(f, block))](x2, y.view(-1, f), f, x2.stride(0), f,
                                                        BLOCK=block, num_warps=warps)

@@ -27,12 +27,13 @@ power of two >= 16: D = 64 and 128 are the tuned cases).
 
 from __future__ import annotations
 
-import functools
 import math
 
 import torch
 import triton
 import triton.language as tl
+
+from ..device_info import sm_count
 
 from .kv_cache import cache_write  # noqa: F401  (re-exported: the runtime's decode step)
 
@@ -141,13 +142,6 @@ def _combine_kernel(ws_ptr, ml_ptr, len_ptr, o_ptr, stride_ob, window, CHUNK, NU
              mask=offs_d < D)
 
 
-@functools.lru_cache(maxsize=None)
-def _sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def pick_chunk(b: int, hk: int, s_max: int, block_n: int, sms: int) -> int:
     """Positions per split program: the largest power of two (>= block_n) that still gives
     B * Hk * cdiv(S_max, chunk) >= 2 programs per SM; S_max-sized when B * Hk alone does."""
@@ -184,7 +178,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     r = n_heads // n_kv_heads
     block_d = max(16, triton.next_power_of_2(d))
     block_n = block_n or (64 if block_d <= 128 and q.dtype != torch.float32 else 32)
-    chunk = chunk or pick_chunk(bsz, hk, s_max, block_n, _sms(q.device))
+    chunk = chunk or pick_chunk(bsz, hk, s_max, block_n, sm_count(q.device, off_gpu=4))
     if chunk % block_n or (window is not None and window < 1):
         raise ValueError(f"chunk {chunk} must be a multiple of block_n {block_n}, "
                          f"window {window} >= 1")   # tiles must not cross a chunk's end

@@ -20,11 +20,11 @@ int64), freqs [D/2] float32 (reference.py ``inv_freq``, scaling already applied)
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
+
+from ..device_info import sm_count
 
 
 @triton.jit
@@ -48,13 +48,6 @@ def _rope_kernel(x_ptr, pos_ptr, f_ptr, y_ptr, N_ROT, N_HEADS, stride_x, stride_
     tl.store(y_ptr + t * stride_y + col + HALF, y2.to(y_ptr.dtype.element_ty), mask=m)
 
 
-@functools.lru_cache(maxsize=None)
-def _sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 4
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def _launch(x: torch.Tensor, positions: torch.Tensor, freqs: torch.Tensor, n_rot: int,
             n_heads: int, head_dim: int, out: torch.Tensor | None) -> torch.Tensor:
     t = x.shape[0]
@@ -73,7 +66,7 @@ def _launch(x: torch.Tensor, positions: torch.Tensor, freqs: torch.Tensor, n_rot
         return y
     half = head_dim // 2
     bh = 16   # heads per program: fewer when T is small, so that >= 2 programs per SM
-    while bh > 1 and t * triton.cdiv(n_heads, bh) < 2 * _sms(x.device):
+    while bh > 1 and t * triton.cdiv(n_heads, bh) < 2 * sm_count(x.device, off_gpu=4):
         bh //= 2
     bj = triton.next_power_of_2(half)
     warps = max(1, min(8, bh * bj * x.element_size() // 512))   # 16 B per thread, each half

@@ -47,12 +47,13 @@ columns past KX count as zero; KP a multiple of 128; GS in (32, 64) or a multipl
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 
 import torch
 import triton
 import triton.language as tl
+
+from ..device_info import sm_count  # noqa: F401  (the benches use it too)
 
 MAX_SPLIT_K = 32
 BLOCK_K = 128            # layout rows per K block (layout.BLOCK)
@@ -458,18 +459,6 @@ class CublasConfig:
         if self.chunk_n < 0 or self.chunk_n % 128:
             raise ValueError(f"CublasConfig.chunk_n: expected 0 or a multiple of 128, got "
                              f"{self.chunk_n}")
-
-
-@functools.lru_cache(maxsize=None)
-def _num_sms(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def sm_count(device: torch.device) -> int:
-    """Multiprocessors of a CUDA device (132 assumed off-GPU, e.g. in the interpreter)."""
-    if device.type != "cuda":
-        return 132
-    return _num_sms(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def choose_split_k(m: int, n: int, kp: int, bm: int, bn: int, sms: int,

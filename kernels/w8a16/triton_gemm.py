@@ -38,11 +38,12 @@ past KQ, and channels past K (padding rows of perm), read as zero.
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import torch
 import triton
 import triton.language as tl
+
+from ..device_info import sm_count  # noqa: F401  (the benches use it too)
 
 from .layout import SYM_ZERO, supported_group
 
@@ -314,18 +315,6 @@ class GemmConfig:
                 f"w{self.num_warps} st{self.num_stages}"
                 + ("" if self.convert == "auto" else f" {self.convert}")
                 + ("" if self.hoist else " nohoist"))
-
-
-@functools.lru_cache(maxsize=None)
-def _num_sms(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def sm_count(device: torch.device) -> int:
-    """Multiprocessors of a CUDA device (132 assumed off-GPU, e.g. in the interpreter)."""
-    if device.type != "cuda":
-        return 132
-    return _num_sms(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def choose_split_k(tiles: int, blocks: int, sms: int, per_sm: float = 2.0) -> int:

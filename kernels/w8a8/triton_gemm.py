@@ -22,11 +22,12 @@ The integer dot products are exact while K * 127 * 127 < 2^31 (K < 133,000).
 from __future__ import annotations
 
 import dataclasses
-import functools
 
 import torch
 import triton
 import triton.language as tl
+
+from ..device_info import sm_count  # noqa: F401  (the benches use it too)
 
 # Dispatch: first guesses, to be revised with `bench/gemm_int8.py --sweep`.
 FUSE_QUANT_MAX_M = 0     # M <= this: quantize inside the GEMM (0: always a separate kernel)
@@ -200,18 +201,6 @@ class GemmConfig:
         return (f"{'swap' if self.swap else 'mk'}{'+q' if self.quant else ''} "
                 f"{self.block_m}x{self.block_n}x{self.block_k} s{self.split_k} "
                 f"w{self.num_warps} st{self.num_stages}")
-
-
-@functools.lru_cache(maxsize=None)
-def _num_sms(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def sm_count(device: torch.device) -> int:
-    """Multiprocessors of a CUDA device (132 assumed off-GPU, e.g. in the interpreter)."""
-    if device.type != "cuda":
-        return 132
-    return _num_sms(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def choose_split_k(tiles: int, blocks: int, sms: int, per_sm: float = 2.0) -> int:
