@@ -7,8 +7,8 @@ quantized layers before it):
    ``H = X^T X / T`` and ``x_mean = mean |x|`` per channel;
 2. for each group whose producer can absorb a per-channel scale (`scale_fold`: q/k/v after
    input_layernorm, gate/up after post_attention_layernorm, down after up_proj, o after
-   v_proj, with GQA an s shared by the query heads of each kv head) `awq_search.search_scale`
-   picks ``s``; all are then folded (W *= s per column, producer /= s);
+   v_proj only without GQA) `awq_search.search_scale` picks ``s``; all are then folded
+   (W *= s per column, producer /= s);
 3. per linear except q/k (AutoAWQ: their error is distorted by the q k^T product) the
    clip search shrinks each (row, group) range; the weight is clamped;
 4. group-wise RTN (`quant_math.rtn`) gives the ``qlinear`` (method "awq"); rescaled norm
@@ -19,8 +19,7 @@ relative output error ``||X (W_q - W)^T|| / ||X W^T||`` (W_q mapped back through
 scales) next to plain RTN's on the same X, the group's ratio, and the mean clip shrink.
 Differences from AutoAWQ: the scale loss is each group's own linear outputs (AutoAWQ uses
 the attention / MLP block output for q/k/v and gate/up); later layers see quantized rather
-than float activations; o_proj is scaled under GQA too (tied scales; AutoAWQ skips it); an
-asymmetric clip shrinks both ends of the range.
+than float activations; an asymmetric clip shrinks both ends of the range.
 """
 
 from __future__ import annotations
@@ -39,8 +38,7 @@ from optimizer.passes.gptq_solver import relative_output_error
 from optimizer.passes.quant_math import rtn, rtn_dequantized
 from optimizer.passes.quant_rewrite import (pack, qlinear_node, replace_nodes,
                                             store_layer)
-from optimizer.passes.scale_fold import (ScaleSite, absorber_rows, fold, scale_sites,
-                                        stored_float, tie_scales)
+from optimizer.passes.scale_fold import ScaleSite, fold, scale_sites, stored_float
 from optimizer.progress import progress
 
 AWQ_BITS = (3, 4, 8)
@@ -109,11 +107,9 @@ def scale_layer(weights: dict[str, torch.Tensor], sites: list[ScaleSite],
             out.report[site.inp] = {"scaled": False, "reason": site.reason}
             continue
         h, x_mean = stats[site.inp]
-        tie = (None if site.tie == 1 else
-               lambda s, site=site: tie_scales(s, site.tie, site.head_dim))
         found[site.inp] = r = search_scale(
             [weights[m.weight("weight")] for m in site.linears], h, x_mean, opts.bits,
-            opts.group_size, opts.sym, opts.n_grid, opts.duo_scaling, tie)
+            opts.group_size, opts.sym, opts.n_grid, opts.duo_scaling)
         out.report[site.inp] = {"scaled": True, "absorbed_by": site.absorber,
                                 "ratio": r.ratio, "loss": float(f"{r.loss:.6g}"),
                                 "rtn_loss": float(f"{r.rtn_loss:.6g}")}
@@ -128,7 +124,7 @@ def scale_layer(weights: dict[str, torch.Tensor], sites: list[ScaleSite],
         if site.kind == "rms_norm":
             out.floats.add(site.absorber)
         else:
-            out.row[site.absorber] = absorber_rows(s, site)
+            out.row[site.absorber] = s
             out.floats.update([site.absorber_bias] if site.absorber_bias else [])
     return out
 

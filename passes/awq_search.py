@@ -19,7 +19,6 @@ shrunk (AutoAWQ clamps to +-max|w| there too, which only ever clips the longer s
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -61,10 +60,8 @@ def _w_mean(w: torch.Tensor, group_size: int) -> torch.Tensor:
 
 
 def search_scale(ws: list[torch.Tensor], h: torch.Tensor, x_mean: torch.Tensor, bits: int,
-                 group_size: int, sym: bool, n_grid: int, duo: bool = False,
-                 tie: Callable[[torch.Tensor], torch.Tensor] | None = None) -> ScaleResult:
-    """Best per-channel scale for the linears ``ws`` (each [N_l, K]) reading one input;
-    ``tie`` maps each candidate s to the constrained one its absorber can take (GQA)."""
+                 group_size: int, sym: bool, n_grid: int, duo: bool = False) -> ScaleResult:
+    """Best per-channel scale for the linears ``ws`` (each [N_l, K]) reading one input."""
     w = torch.cat(ws, 0).float()
     h = h.float()
     w_mean = _w_mean(w, group_size) if duo else None
@@ -76,8 +73,6 @@ def search_scale(ws: list[torch.Tensor], h: torch.Tensor, x_mean: torch.Tensor, 
             s = (x_mean.pow(ratio) / (w_mean.pow(1 - ratio) + 1e-4)).clamp(min=1e-4)
         else:
             s = x_mean.pow(ratio).clamp(min=1e-4)
-        if tie is not None:
-            s = tie(s)
         s = s / (s.max() * s.min()).sqrt()
         s = torch.where(torch.isfinite(s), s, torch.ones_like(s))
         dw = fake_quant(w * s, bits, group_size, sym) / s - w

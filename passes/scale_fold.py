@@ -7,11 +7,9 @@ For linears ``y_l = x W_l^T`` that all read one activation ``x`` [T, K] and a po
 - ``rms_norm``: ``rms_norm(h) * (g / s)`` -> divide the norm weight ``g`` by ``s``;
 - ``mul(a, u)`` with ``u = linear(...)`` (silu(gate) * up): divide ``u``'s weight rows and
   bias by ``s``;
-- ``attention(q, k, v)`` with ``v = linear(...)``: output channel (h, d) is a convex mix of
-  v's channel (g, d), g = h // (Hq / Hk), so divide v's weight rows and bias by ``s``. With
-  GQA (Hq > Hk) a v channel feeds the same channel of Hq / Hk heads, so ``s`` must be equal
-  across them (``ScaleSite.tie`` heads of ``head_dim`` channels; `tie_scales`) and v's row
-  (g, d) is divided by that shared value. (AutoAWQ skips this site under GQA.)
+- ``attention(q, k, v)`` with ``v = linear(...)`` and ``n_heads == n_kv_heads``: output
+  channel j is a convex mix of v's channel j, so divide v's weight rows and bias by ``s``
+  (with GQA a v channel serves several heads; AutoAWQ skips it, and so do we).
 
 Folding is only attempted where every reader of the scaled values is a linear of the site
 and no weight involved is shared with another node (tied embeddings).
@@ -41,25 +39,6 @@ class ScaleSite:
     absorber: str | None = None
     absorber_bias: str | None = None
     reason: str = ""
-    tie: int = 1           # attention under GQA: heads (Hq / Hk) that share each v channel
-    head_dim: int = 0
-
-
-def tie_scales(s: torch.Tensor, tie: int, head_dim: int) -> torch.Tensor:
-    """s [Hq * D] made equal across each kv head's ``tie`` query heads (channel (h, d) with
-    h = g * tie + r): the geometric mean over r, expanded back to [Hq * D]."""
-    if tie == 1:
-        return s
-    shared = s.log().view(-1, tie, head_dim).mean(1, keepdim=True).exp()       # [Hk, 1, D]
-    return shared.expand(-1, tie, -1).reshape(-1)
-
-
-def absorber_rows(s: torch.Tensor, site: "ScaleSite") -> torch.Tensor:
-    """What the absorbing linear's rows are divided by for the site's input scale s: s
-    itself, or for a tied attention site the per-v-row value [Hk * D] of s [Hq * D]."""
-    if site.kind == "attention" and site.tie > 1:
-        return s.view(-1, site.tie, site.head_dim)[:, 0].reshape(-1)
-    return s
 
 
 def _absorber(nodes: tuple[Node, ...], inp: str, members: list[Node],
@@ -82,6 +61,10 @@ def _absorber(nodes: tuple[Node, ...], inp: str, members: list[Node],
             return None, None, f"%{lin.outputs[0]} has other readers"
         return "mul", lin, ""
     if src.op == "attention":
+        hq, hk = src.attr("n_heads"), src.attr("n_kv_heads")
+        if hq != hk:
+            return None, None, (f"GQA (n_heads {hq} != n_kv_heads {hk}): a v channel feeds "
+                                "several heads (AutoAWQ skips it too)")
         v = producer.get(src.inputs[2])
         if v is None or v.op != "linear" or len(readers.get(v.outputs[0], [])) != 1:
             return None, None, "v is not a linear read only by attention"
@@ -114,33 +97,23 @@ def scale_sites(graph: Graph, nodes: tuple[Node, ...], quantize_lm_head: bool,
         if kind is None:
             sites.append(ScaleSite(inp, tuple(members), reason=reason))
         else:
-            tie, head_dim = 1, 0
-            if kind == "attention":
-                attn = next(n for n in nodes if inp in n.outputs)
-                tie = attn.attr("n_heads") // attn.attr("n_kv_heads")
-                head_dim = graph.weights[members[0].weight("weight")].shape[1] // attn.attr(
-                    "n_heads")
             sites.append(ScaleSite(inp, tuple(members), kind, src.weight("weight"),
-                                   src.weight("bias"), "", tie, head_dim))
+                                   src.weight("bias"), ""))
     return sites
 
 
 def fold(weights: dict[str, torch.Tensor], site: ScaleSite, s: torch.Tensor) -> None:
     """In ``weights`` (name -> float tensor): W_l[:, j] *= s_j for the site's linears and
-    the absorber divided by s (norm weight, or the producing linear's rows and bias). An
-    attention site's s is tied first (`tie_scales`; a no-op when it already is)."""
-    if site.kind == "attention":
-        s = tie_scales(s, site.tie, site.head_dim)
+    the absorber divided by s (norm weight, or the producing linear's rows and bias)."""
     for node in site.linears:
         name = node.weight("weight")
         weights[name] = weights[name] * s[None, :]
     if site.kind == "rms_norm":
         weights[site.absorber] = weights[site.absorber] / s
     elif site.kind in ("mul", "attention"):
-        rows = absorber_rows(s, site)
-        weights[site.absorber] = weights[site.absorber] / rows[:, None]
+        weights[site.absorber] = weights[site.absorber] / s[:, None]
         if site.absorber_bias:
-            weights[site.absorber_bias] = weights[site.absorber_bias] / rows
+            weights[site.absorber_bias] = weights[site.absorber_bias] / s
 
 
 def fold_scales(graph: Graph, scales: dict[str, torch.Tensor]) -> Graph:

@@ -21,7 +21,7 @@ from optimizer.interpreter import Interpreter
 from optimizer.ir import format_graph
 from optimizer.ir.weights import WeightStore
 from optimizer.passes.calibration import CalibOptions, layer_nodes, samples_from_file
-from optimizer.passes.scale_fold import fold_scales, scale_sites, tie_scales
+from optimizer.passes.scale_fold import fold_scales, scale_sites
 from optimizer.passes.smoothquant import quantize_rows, smooth_scales
 from tiny_models import add_tokenizer, save_tiny
 
@@ -130,41 +130,23 @@ def test_scale_folding_preserves_logits(which, request) -> None:
               ("attn_in", "attn", "mlp_in", "gated")}
     folded = fold_scales(graph, scales)
     changed = sorted(n for n in graph.weights if folded.weights[n] != graph.weights[n])
-    # every q/k/v/o/gate/up/down weight and both norms per layer (GQA: s tied over the
-    # query heads of each kv head, v's rows divided by the shared value)
-    assert len(changed) == 2 * (7 + 2), changed
+    # every q/k/v/gate/up/down weight, both norms per layer, and v only without GQA
+    expect = 2 * ((7 if which == "mha" else 6) + 2)
+    assert len(changed) == expect, changed
     assert "model.embed_tokens.weight" not in changed and "model.norm.weight" not in changed
     before, after = _logits(graph), _logits(folded)
     assert (after - before).abs().max() < 1e-4 * before.abs().max()
 
 
 def test_sites_and_absorbers(gqa, mha) -> None:
-    for graph, _ in (gqa, mha):
-        m = graph.meta["model"]
+    for (graph, _), o_absorber in ((gqa, None), (mha, "model.layers.0.self_attn.v_proj.weight")):
         nodes = tuple(graph.nodes[i] for i in layer_nodes(graph)[0])
         sites = {s.inp: s for s in scale_sites(graph, nodes, False)}
         assert list(sites) == ["l0.attn_in", "l0.attn", "l0.mlp_in", "l0.gated"]
         assert sites["l0.attn_in"].absorber == "model.layers.0.input_layernorm.weight"
         assert sites["l0.gated"].absorber == "model.layers.0.mlp.up_proj.weight"
-        assert sites["l0.attn"].absorber == "model.layers.0.self_attn.v_proj.weight"
-        assert sites["l0.attn"].tie == m["n_heads"] // m["n_kv_heads"]
-        assert sites["l0.attn"].head_dim == m["head_dim"]
-    assert sites["l0.attn"].tie == 1 and gqa[0].meta["model"]["n_kv_heads"] < \
-        gqa[0].meta["model"]["n_heads"]
-
-
-def test_tie_scales_shares_a_value_per_kv_channel() -> None:
-    """Channel (h, d) of Hq = 6 heads, tie 3 (Hk = 2), D = 4: every query head of a kv head
-    gets the geometric mean of their values, computed here in float64 one channel at a time."""
-    s = torch.exp(torch.randn(6 * 4, generator=torch.Generator().manual_seed(3)))
-    t = tie_scales(s, 3, 4)
-    for g in range(2):
-        for d in range(4):
-            chans = [(g * 3 + r) * 4 + d for r in range(3)]
-            ref = float(torch.tensor([float(s[c]) for c in chans], dtype=torch.float64)
-                        .log().mean().exp())
-            assert all(abs(float(t[c]) - ref) < 1e-6 * ref for c in chans)
-    assert torch.allclose(tie_scales(t, 3, 4), t) and torch.equal(tie_scales(s, 1, 4), s)
+        assert sites["l0.attn"].absorber == o_absorber
+        assert o_absorber or "GQA" in sites["l0.attn"].reason
 
 
 # --- AWQ ---------------------------------------------------------------------------------
@@ -184,7 +166,7 @@ def test_awq_structure(gqa, awq_gqa) -> None:
     assert q.weights["model.layers.0.mlp.down_proj.scales"].shape == (64, 3)   # 32+32+8
     rep = q.meta["quantization"][-1]
     assert rep["pass"] == "awq" and len(rep["linears"]) == 14
-    assert rep["groups"]["l0.attn"]["absorbed_by"] == "model.layers.0.self_attn.v_proj.weight"
+    assert "GQA" in rep["groups"]["l0.attn"]["reason"]
     assert rep["groups"]["l1.gated"]["absorbed_by"] == "model.layers.1.mlp.up_proj.weight"
     lin = rep["linears"]
     assert lin["model.layers.0.self_attn.q_proj"]["clip"] is None      # q/k: no clip search
