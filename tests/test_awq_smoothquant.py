@@ -213,6 +213,46 @@ def test_awq_scales_v_into_o_without_gqa(mha) -> None:
     assert _rel(_logits(q), ref) < 0.15            # measured 0.067 (rtn 0.088)
 
 
+@pytest.mark.parametrize("sym", [False, True])
+def test_clip_search_minimises_the_group_output_error(sym: bool) -> None:
+    """Per (row, group) the chosen range has the least error of the partial output
+    x_g Q(clamp(w_g))^T over the shrink grid, computed here in float64 from the tokens X
+    themselves (not H); asymmetric ranges shrink both ends of [min(w, 0), max(w, 0)]."""
+    from optimizer.passes.awq_search import CLIP_GRID, CLIP_MAX_SHRINK, apply_clip, search_clip
+
+    g = torch.Generator().manual_seed(5)
+    w = torch.randn(12, 80, generator=g) + 0.3          # skewed rows: asymmetric ranges
+    w[:, 7] *= 5
+    x = torch.randn(300, 80, generator=g) * torch.rand(80, generator=g) * 3
+    lo, hi, factors = search_clip(w, x.T @ x / 300, 4, 32, sym)
+    assert lo.shape == hi.shape == factors.shape == (12, 3)          # 32 + 32 + 16
+    maxq = 15
+    for j, a in enumerate(range(0, 80, 32)):
+        wg, xg = w[:, a:a + 32].double(), x[:, a:a + 32].double()
+        lo0 = -wg.abs().amax(1) if sym else wg.amin(1).clamp(max=0)
+        hi0 = wg.abs().amax(1) if sym else wg.amax(1).clamp(min=0)
+        errs = []
+        for i in range(int(CLIP_MAX_SHRINK * CLIP_GRID)):
+            p = 1 - i / CLIP_GRID
+            c = torch.minimum(torch.maximum(wg, (p * lo0)[:, None]), (p * hi0)[:, None])
+            clo, chi = c.amin(1).clamp(max=0), c.amax(1).clamp(min=0)
+            sc = (torch.maximum(-clo, chi) / 7 if sym else (chi - clo) / maxq)
+            sc = sc.clamp(2.0 ** -14, 65504).half().double()[:, None]
+            z = (torch.full_like(sc, 8.0) if sym
+                 else torch.clamp(torch.round(-clo[:, None] / sc), 0, maxq))
+            deq = (torch.clamp(torch.round(c / sc) + z, 0, maxq) - z) * sc
+            errs.append(((xg @ (deq - wg).T) ** 2).mean(0))                   # [N]
+        errs = torch.stack(errs)                                              # [S, N]
+        chosen = ((1 - factors[:, j].double()) * CLIP_GRID).round().long()
+        picked = errs.gather(0, chosen[None])[0]
+        assert (picked <= errs.min(0).values * (1 + 1e-4) + 1e-12).all()
+        assert torch.allclose(lo[:, j].double(), factors[:, j].double() * lo0, atol=1e-6)
+        assert torch.allclose(hi[:, j].double(), factors[:, j].double() * hi0, atol=1e-6)
+    clipped = apply_clip(w, lo, hi, 32)
+    assert (clipped <= hi.repeat_interleave(32, 1)[:, :80] + 1e-7).all()
+    assert (clipped >= lo.repeat_interleave(32, 1)[:, :80] - 1e-7).all()
+
+
 # --- SmoothQuant -------------------------------------------------------------------------
 
 def test_smooth_scales_formula() -> None:
