@@ -135,7 +135,7 @@ def step_bytes(graph) -> int:
 
 
 def bench_ours(path: Path, batches: list[int], steps: int, prompt: int,
-               prefill: int) -> dict:
+               prefill: int | None) -> dict:
     import optimizer
     rt = optimizer.runtime.load(path, device="cuda")
     gen = torch.Generator().manual_seed(1)
@@ -150,9 +150,10 @@ def bench_ours(path: Path, batches: list[int], steps: int, prompt: int,
             best = max(best, rt.last_stats["decode_tok_s"])
         res["decode"][b] = best
         print(f"  ours {path.name} B={b}: {best:.1f} tok/s", flush=True)
-    ids = torch.randint(vocab, (prefill,), generator=gen)
-    res["prefill"] = prefill / _median_time(lambda: rt.engine.prefill(ids))
-    print(f"  ours {path.name} prefill {prefill}: {res['prefill']:.0f} tok/s", flush=True)
+    if prefill:
+        ids = torch.randint(vocab, (prefill,), generator=gen)
+        res["prefill"] = prefill / _median_time(lambda: rt.engine.prefill(ids))
+        print(f"  ours {path.name} prefill {prefill}: {res['prefill']:.0f} tok/s", flush=True)
     del rt
     torch.cuda.empty_cache()
     return res
@@ -231,6 +232,9 @@ def main() -> None:
     ap.add_argument("--peers", default="eager,compile")
     ap.add_argument("--compile-batches", default="1")
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--pdl-ab", action="store_true",
+                    help="also time each scheme at batch 1 with OPTIMIZER_PDL=0 (no "
+                         "programmatic dependent launch, kernels/pdl.py)")
     ap.add_argument("--build-only", action="store_true",
                     help="write the checkpoint and build the artifacts, then stop")
     args = ap.parse_args()
@@ -255,6 +259,11 @@ def main() -> None:
     for s in schemes:
         r = bench_ours(args.work / s, batches, args.steps, args.prompt, args.prefill)
         rows.append((f"ours {s}", r, bw / r["bytes"]))
+        if args.pdl_ab:
+            os.environ["OPTIMIZER_PDL"] = "0"
+            r0 = bench_ours(args.work / s, [1], args.steps, args.prompt, None)
+            os.environ.pop("OPTIMIZER_PDL")
+            rows.append((f"ours {s}, PDL off", r0, bw / r0["bytes"]))
     limit_bf16 = next((lim for name, _, lim in rows if name == "ours bf16"), None)
     limit_int4 = next((lim for name, _, lim in rows if name == "ours int4"), None)
     peers = [p for p in args.peers.split(",") if p]

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # The GPU checks and benchmarks, batched for a lent GPU machine (bench/README.md).
 #
-#   bash bench/device_suite.sh kernels   # GPU tests, kernel benchmarks; starts the 8B builds
-#   bash bench/device_suite.sh e2e       # SmolLM2 on the GPU, decode benchmark, peer anchor
+#   bash bench/device_suite.sh kernels   # 8B builds, GPU tests, fused-kernel and decode
+#                                        # benchmarks (PDL on/off), the peer anchor
+#   bash bench/device_suite.sh e2e       # SmolLM2 on the GPU (test + CLI), GEMM benchmark
 #
 # Run from the repo root on the GPU machine; logs and tables go to $OUT (default /tmp/out).
 # `kernels` starts bench/decode.py --build-only in its own session (setsid) so the 8B
-# checkpoint and its artifacts are built in /dev/shm while the GPU tests run; `e2e`, run
-# next on the same machine, waits for them. The SmolLM2 GGUF travels in two parts
-# (.carry1/part1 with `kernels`, .carry2/part2 + sha256 with `e2e`).
+# checkpoint and its artifacts are built in /dev/shm while the GPU tests run, then waits for
+# them. Environment: SCHEMES (bf16,int4), PEERS (decode.py's --peers, none by default: the
+# anchor script is the peer), GPU_TESTS (test files), TEST_TIMEOUT (s). The SmolLM2 GGUF
+# travels in two parts (.carry1/part1 with `kernels`, .carry2/part2 + sha256 with `e2e`,
+# run next on the same warm machine).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
@@ -21,13 +24,22 @@ case "${1:-}" in
 kernels)
   mkdir -p $W
   [ -f .carry1/part1 ] && cp .carry1/part1 /tmp/smollm2.part1
-  setsid nohup python3 bench/decode.py --build-only --work $W > $W/build.log 2>&1 < /dev/null &
-  python3 -m pytest -q -m gpu tests/ -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" \
-    | tail -25
+  setsid nohup python3 bench/decode.py --build-only --schemes ${SCHEMES:-bf16,int4} \
+    --work $W > $W/build.log 2>&1 < /dev/null &
+  # PDL smoke check first: if PDL-launched kernels fail here, the rest runs without PDL
+  if ! python3 bench/pdl_smoke.py > "$OUT/pdl_smoke.log" 2>&1; then
+    echo "PDL smoke check failed: OPTIMIZER_PDL=0 from here on"; export OPTIMIZER_PDL=0
+  fi
+  tail -8 "$OUT/pdl_smoke.log"
+  timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -m gpu -n 6 ${GPU_TESTS:-tests/} \
+    -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
   python3 bench/kernels_fused.py 2>&1 | tee "$OUT/kernels_fused.md" | tail -30
-  python3 bench/gemm_int8.py --quick 2>&1 | tee "$OUT/gemm_int8.md" | tail -40
-  python3 bench/gemm.py 2>&1 | tee "$OUT/gemm.log" | tail -75
-  echo "--- 8B builds so far:"; tail -4 $W/build.log
+  while [ ! -f $W/built ] && pgrep -f "decode.py --build-only" > /dev/null; do sleep 5; done
+  tail -3 $W/build.log
+  python3 bench/decode.py --work $W --schemes ${SCHEMES:-bf16,int4} --peers "${PEERS:-}" \
+    --pdl-ab --out "$OUT/decode.md" 2>&1 | tee "$OUT/decode.log" | tail -16
+  [ -f .peer/anchor_decode.py ] && python3 .peer/anchor_decode.py 2>&1 \
+    | tee "$OUT/anchor_decode.log" | tail -12
   ;;
 e2e)
   if [ -f .carry2/part2 ]; then
@@ -37,12 +49,13 @@ e2e)
   fi
   python3 -m pytest -q -m "gpu and slow" tests/ -p no:cacheprovider 2>&1 \
     | tee "$OUT/smollm2.log" | tail -8
-  while [ ! -f $W/built ] && pgrep -f "decode.py --build-only" > /dev/null; do sleep 5; done
-  tail -4 $W/build.log
-  python3 bench/decode.py --work $W --out "$OUT/decode.md" 2>&1 | tee "$OUT/decode.log" \
-    | tail -30
-  [ -f .peer/anchor_decode.py ] && python3 .peer/anchor_decode.py 2>&1 \
-    | tee "$OUT/anchor_decode.log" | tail -12
+  if [ -n "${SMOLLM2_GGUF:-}" ]; then
+    python3 -m optimizer.cli "$SMOLLM2_GGUF" --int4 --target cuda --device cuda \
+      --calib-samples 16 --calib-seq-len 128 -o /tmp/s4 2>&1 | tail -2
+    python3 -m optimizer.cli run /tmp/s4 --device cuda --prompt "The capital of France is" \
+      --max-new-tokens 64 2>&1 | tail -4
+  fi
+  python3 bench/gemm.py 2>&1 | tee "$OUT/gemm.log" | tail -75
   ;;
 *) echo "usage: bash bench/device_suite.sh kernels|e2e"; exit 2 ;;
 esac

@@ -141,6 +141,31 @@ def check_rope(t: int, hq: int, hk: int, d: int, dtype: torch.dtype, device: str
     _check(got, ref, dtype, what)
 
 
+def check_rope_cache(b: int, hq: int, hk: int, d: int, s_max: int, dtype: torch.dtype,
+                     device: str) -> None:
+    """rope_qk_cache against the float64 reference: q within the dtype's tolerance, the
+    written k rows likewise, the v rows copied exactly, every other cache row untouched."""
+    k = _kernel("rope.triton_rope")
+    seed = _seed()
+    gen = _gen(seed, device)
+    what = f"seed={seed} b={b} hq={hq} hk={hk} d={d} s_max={s_max} {dtype}"
+    x = _randn((b, (hq + 2 * hk) * d), gen, device, dtype, 1.0, 0.2)
+    pos = torch.randperm(s_max, generator=gen, device=device)[:b]
+    freqs = rope_ref.inv_freq(d, 500000.0, LLAMA3).to(device)
+    kc = _randn((b + 1, s_max, hk, d), gen, device, dtype)     # one spare slot: untouched
+    vc = _randn((b + 1, s_max, hk, d), gen, device, dtype)
+    kc_ref, vc_ref = kc.double(), vc.double()
+    q_ref = rope_ref.rope_qk_cache(x.double(), pos, freqs, hq, hk, d, kc_ref, vc_ref)
+    q = k.rope_qk_cache(x, pos, freqs, hq, hk, d, kc, vc)
+    _check(q, q_ref, dtype, "q: " + what)
+    rows = torch.arange(b, device=device)
+    _check(kc[rows, pos], kc_ref[rows, pos], dtype, "k: " + what)
+    assert torch.equal(vc.double(), vc_ref), "v rows differ or others changed: " + what
+    written = torch.zeros(b + 1, s_max, dtype=torch.bool, device=device)
+    written[rows, pos] = True
+    assert torch.equal(kc[~written].double(), kc_ref[~written]), "k: other rows changed: " + what
+
+
 @contextlib.contextmanager
 def _nan_workspace():
     """torch.empty returns NaN-filled float tensors inside the block (the split-K workspace:
@@ -260,6 +285,13 @@ class TestGPU:
     @pytest.mark.parametrize("hq,hk,d", [(9, 3, 64), (32, 8, 128), (8, 8, 128)])
     def test_rope_qk(self, t: int, hq: int, hk: int, d: int, dtype: torch.dtype) -> None:
         check_rope(t, hq, hk, d, dtype, "cuda", scaling=LLAMA3)
+
+    @pytest.mark.parametrize("dtype", DTYPES + [torch.float32])
+    @pytest.mark.parametrize("b,s_max", [(1, 256), (8, 4096), (32, 512)])
+    @pytest.mark.parametrize("hq,hk,d", [(9, 3, 64), (32, 8, 128)])
+    def test_rope_qk_cache(self, b: int, s_max: int, hq: int, hk: int, d: int,
+                           dtype: torch.dtype) -> None:
+        check_rope_cache(b, hq, hk, d, s_max, dtype, "cuda")
 
     @pytest.mark.parametrize("dtype", DTYPES)
     def test_rope_variants(self, dtype: torch.dtype) -> None:
@@ -386,6 +418,11 @@ class TestInterpreter:
     @pytest.mark.parametrize("hq,hk,d", [(9, 3, 64), (32, 8, 128)])
     def test_rope_qk(self, hq: int, hk: int, d: int, dtype: torch.dtype) -> None:
         check_rope(5, hq, hk, d, dtype, "cpu", scaling=LLAMA3)
+
+    @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+    @pytest.mark.parametrize("hq,hk,d", [(9, 3, 64), (4, 4, 32)])
+    def test_rope_qk_cache(self, hq: int, hk: int, d: int, dtype: torch.dtype) -> None:
+        check_rope_cache(3, hq, hk, d, 40, dtype, "cpu")
 
     def test_rope_variants(self) -> None:
         check_rope(7, 9, 3, 64, torch.float16, "cpu", qk=False, theta=100000.0)

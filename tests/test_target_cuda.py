@@ -148,3 +148,30 @@ def test_w4a16_linear_schema_is_verified(tiny: Path) -> None:
     from optimizer.ir import VerifyError, verify
     with pytest.raises(VerifyError, match="does not match in_features 100"):
         verify(g.replace(nodes=g.nodes[:i] + (bad,) + g.nodes[i + 1:]))
+
+
+def test_engine_groups_rope_and_attention(tiny: Path) -> None:
+    """The CUDA engine's schedule (cuda_ops.group_nodes) runs each layer's rope_qk -> split
+    -> attention as one node, and nothing else changes; a rope whose k has another reader
+    stays as it is."""
+    from optimizer.runtime.cuda_ops import group_nodes
+    g = optimizer.PassManager(["dce", *CUDA_FUSION]).run(optimizer.import_model(tiny))
+    nodes = group_nodes(list(g.nodes))
+    before, after = _ops(g), Counter(n.op for n in nodes)
+    layers = before["attention"]
+    assert layers == 2 and before["rope_qk"] == layers
+    assert after["rope_qk_attention"] == layers
+    assert after["rope_qk"] == after["attention"] == 0
+    assert after["split"] == before["split"] - layers
+    assert len(nodes) == len(g.nodes) - 2 * layers
+    fused = next(n for n in nodes if n.op == "rope_qk_attention")
+    attn = next(n for n in g.nodes if n.op == "attention")
+    rope = next(n for n in g.nodes if n.op == "rope_qk")
+    assert fused.inputs == rope.inputs and fused.outputs == attn.outputs
+    assert fused.attr("theta") == rope.attr("theta") and fused.attr("layer") == 0
+    # an extra reader of k: that layer is left alone
+    split = next(n for n in g.nodes if n.op == "split" and n.inputs == rope.outputs)
+    extra = Node.make("add", [split.outputs[1], split.outputs[1]], ["extra"])
+    i = next(i for i, n in enumerate(g.nodes) if n is attn)
+    nodes = group_nodes([*g.nodes[:i + 1], extra, *g.nodes[i + 1:]])
+    assert Counter(n.op for n in nodes)["rope_qk_attention"] == layers - 1

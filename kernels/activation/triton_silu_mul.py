@@ -13,11 +13,15 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import pdl
 from ..device_info import sm_count
 
 
 @triton.jit
-def _silu_mul_kernel(x_ptr, y_ptr, F, stride_x, stride_y, BLOCK: tl.constexpr):
+def _silu_mul_kernel(x_ptr, y_ptr, F, stride_x, stride_y, BLOCK: tl.constexpr,
+                     PDL: tl.constexpr):
+    pdl.wait(PDL)
+    pdl.release(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < F
@@ -52,5 +56,6 @@ def silu_mul(x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         block = pick_block(t, f, sm_count(x.device, off_gpu=4))
         warps = max(1, min(8, block * x.element_size() // 512))    # 16 B per thread
         _silu_mul_kernel[(t, triton.cdiv(f, block))](x2, y.view(-1, f), f, x2.stride(0), f,
-                                                       BLOCK=block, num_warps=warps)
+                                                       BLOCK=block, num_warps=warps,
+                                                       **pdl.launch_args(x2))
     return y

@@ -33,6 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import pdl
 from ..device_info import sm_count
 
 from .kv_cache import cache_write  # noqa: F401  (re-exported: the runtime's decode step)
@@ -46,7 +47,9 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, len_ptr, ws_ptr, ml_ptr, o_ptr,
                   stride_ob, qk_scale, window, CHUNK, NUM_CHUNKS,
                   HK: tl.constexpr, R: tl.constexpr, D: tl.constexpr, BLOCK_R: tl.constexpr,
                   BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
-                  IEEE: tl.constexpr):
+                  IEEE: tl.constexpr, PDL: tl.constexpr):
+    pdl.wait(PDL)
+    pdl.release(PDL)
     pid = tl.program_id(0)
     c = tl.program_id(1)
     b = (pid // HK).to(tl.int64)
@@ -108,7 +111,9 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, len_ptr, ws_ptr, ml_ptr, o_ptr,
 @triton.jit
 def _combine_kernel(ws_ptr, ml_ptr, len_ptr, o_ptr, stride_ob, window, CHUNK, NUM_CHUNKS,
                     HQ: tl.constexpr, D: tl.constexpr, BLOCK_C: tl.constexpr,
-                    BLOCK_D: tl.constexpr):
+                    BLOCK_D: tl.constexpr, PDL: tl.constexpr):
+    pdl.wait(PDL)
+    pdl.release(PDL)
     pid = tl.program_id(0).to(tl.int64)                                      # b * HQ + h
     b = pid // HQ
     h = pid % HQ
@@ -197,10 +202,10 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         v_cache.stride(2), o.stride(0), qk_scale, win, chunk, nc, HK=hk, R=r, D=d,
         BLOCK_R=max(16, triton.next_power_of_2(r)), BLOCK_D=block_d, BLOCK_N=block_n,
         SINGLE=single, IEEE=q.dtype == torch.float32, num_warps=num_warps,
-        num_stages=num_stages)
+        num_stages=num_stages, **pdl.launch_args(q))
     if not single:
         _combine_kernel[(bsz * n_heads,)](
             ws, ml, lengths, o, o.stride(0), win, chunk, nc, HQ=n_heads, D=d,
             BLOCK_C=min(16, triton.next_power_of_2(nc)), BLOCK_D=block_d,
-            num_warps=max(1, min(4, block_d // 64)))
+            num_warps=max(1, min(4, block_d // 64)), **pdl.launch_args(q))
     return o

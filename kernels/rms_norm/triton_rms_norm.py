@@ -21,12 +21,17 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import pdl
+
 MAX_H = 65536
 
 
 @triton.jit
 def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, s_ptr, y_ptr, H, stride_x, stride_r, stride_s,
-                     stride_y, eps, HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+                     stride_y, eps, HAS_RES: tl.constexpr, BLOCK: tl.constexpr,
+                     PDL: tl.constexpr):
+    pdl.wait(PDL)
+    pdl.release(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     mask = offs < H
@@ -75,7 +80,8 @@ def _launch(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor
         warps = min(16, max(1, block * x.element_size() // 2048))   # ~4 x 16 B per thread
         _rms_norm_kernel[(t,)](x2, r2, weight.contiguous(), s2, y2, h, x2.stride(0),
                                r2.stride(0), s2.stride(0), y2.stride(0), float(eps),
-                               HAS_RES=residual is not None, BLOCK=block, num_warps=warps)
+                               HAS_RES=residual is not None, BLOCK=block, num_warps=warps,
+                               **pdl.launch_args(x2))
     return s, y
 
 

@@ -55,3 +55,19 @@ def rope_qk(x: torch.Tensor, positions: torch.Tensor, freqs: torch.Tensor, n_hea
     """x: [T, (Hq + 2 Hk) D] (q heads, k heads, v heads) -> q and k rotated, v unchanged."""
     qk = (n_heads + n_kv_heads) * head_dim
     return torch.cat([rope(x[:, :qk].contiguous(), positions, freqs), x[:, qk:]], dim=-1)
+
+
+def rope_qk_cache(x: torch.Tensor, positions: torch.Tensor, freqs: torch.Tensor,
+                  n_heads: int, n_kv_heads: int, head_dim: int, k_cache: torch.Tensor,
+                  v_cache: torch.Tensor) -> torch.Tensor:
+    """The decode step's rope + cache write: x [B, (Hq + 2 Hk) D] (row b: sequence b at
+    positions[b]) -> q [B, Hq D] rotated; k_cache[b, positions[b]] = rotated k heads and
+    v_cache[b, positions[b]] = v heads ([>= B, S, Hk, D], positions < S)."""
+    b, d = x.shape[0], head_dim
+    y = rope_qk(x, positions, freqs, n_heads, n_kv_heads, head_dim)
+    qd, kd = n_heads * d, n_kv_heads * d
+    rows = torch.arange(b, device=x.device)
+    pos = positions.long()
+    k_cache[rows, pos] = y[:, qd:qd + kd].reshape(b, n_kv_heads, d).to(k_cache.dtype)
+    v_cache[rows, pos] = y[:, qd + kd:].reshape(b, n_kv_heads, d).to(v_cache.dtype)
+    return y[:, :qd].contiguous()

@@ -53,9 +53,11 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import pdl
 from ..device_info import sm_count  # noqa: F401  (the benches use it too)
 
 MAX_SPLIT_K = 32
+PREFETCH_BLOCKS = int(os.environ.get("OPTIMIZER_PREFETCH", "4"))  # L2 prefetch under PDL
 BLOCK_K = 128            # layout rows per K block (layout.BLOCK)
 
 # word -> 4 registers of 16-bit pairs (q + OFF - (z + OFF)) [* s]; $8 = word, $9 = (OFF+z)x2,
@@ -233,6 +235,7 @@ def _w4a16_kernel(
     GROUP_M: tl.constexpr, FACTORED: tl.constexpr, IS_BF16: tl.constexpr,
     HAS_BIAS: tl.constexpr, GATHER: tl.constexpr, USE_ASM: tl.constexpr,
     SPLIT: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
+    PDL: tl.constexpr, NPF: tl.constexpr,
 ):
     """x [M, KX] @ W^T -> y [M, N]; grid (tiles_m * tiles_n, SPLIT_K). See module docstring.
 
@@ -264,6 +267,23 @@ def _w4a16_kernel(
     mask_n = offs_n < N
     x_rows = x_ptr + offs_m.to(tl.int64)[:, None] * stride_xm
     w_ptrs = w_ptr + offs_n[:, None] * 16 + tl.arange(0, 16)[None, :]
+
+    # PDL (kernels/pdl.py): the first NPF weight blocks of this program (contiguous 64-byte
+    # columns: BN * 64 bytes a block) and their scale rows go to L2 while the previous
+    # kernel still runs; x, the workspace and y only after the wait.
+    if PDL:
+        n0 = pid_n * BN
+        cols = tl.minimum(BN, N - n0)
+        SPB: tl.constexpr = 128 // GS if GS < 128 else 1           # scale rows per block
+        for i in tl.static_range(NPF):
+            if b_lo + i < b_hi:
+                pdl.prefetch_l2(w_ptr + ((b_lo + i) * N + n0) * 16, cols * 64, PDL)
+                for j in tl.static_range(SPB):
+                    if N % 4 == 0:                             # 16-byte aligned rows
+                        pdl.prefetch_l2(sz_ptr + (((b_lo + i) * 128 + j * GS) // GS) * N + n0,
+                                        ((cols + 3) // 4) * 16, PDL)
+        pdl.wait(PDL)
+        pdl.release(PDL)
 
     # act-order with whole-block dots: the gathered x of block b + 1 (and perm of b + 2) is
     # loaded during block b, so the 2-byte gathers (no cp.async) are off the critical path
@@ -349,9 +369,12 @@ def _w4a16_kernel(
 
 
 @triton.jit
-def _gather_kernel(x_ptr, perm_ptr, out_ptr, KP, stride_xm, BLOCK: tl.constexpr):
+def _gather_kernel(x_ptr, perm_ptr, out_ptr, KP, stride_xm, BLOCK: tl.constexpr,
+                   PDL: tl.constexpr):
     """out[m, i] = x[m, perm[i]] for i < KP; grid (cdiv(KP, BLOCK), M): the programs of
     one row run together, so its scattered 2-byte reads hit L2."""
+    pdl.wait(PDL)
+    pdl.release(PDL)
     m = tl.program_id(1).to(tl.int64)
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < KP
@@ -370,7 +393,7 @@ def gather_columns(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     out = torch.empty((m, kp), dtype=x.dtype, device=x.device)
     if m:
         _gather_kernel[(triton.cdiv(kp, 1024), m)](x, perm, out, kp, x.stride(0), BLOCK=1024,
-                                                    num_warps=4)
+                                                    num_warps=4, **pdl.launch_args(x))
     return out
 
 
@@ -553,8 +576,8 @@ def _gemm(x: torch.Tensor, prepared: dict[str, torch.Tensor], bias: torch.Tensor
         GS=gs, BM=cfg.block_m, BN=cfg.block_n, BK=cfg.block_k, GROUP_M=cfg.group_m,
         FACTORED=cfg.factored, IS_BF16=x.dtype == torch.bfloat16,
         HAS_BIAS=bias is not None, GATHER=gather, USE_ASM=_use_asm(x), SPLIT=split > 1,
-        EVEN_N=n % cfg.block_n == 0, EVEN_K=gather or kx == kp,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        EVEN_N=n % cfg.block_n == 0, EVEN_K=gather or kx == kp, NPF=PREFETCH_BLOCKS,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl.launch_args(x))
 
 
 def _dequant_into(prepared: dict[str, torch.Tensor], out: torch.Tensor, n0: int) -> None:

@@ -43,6 +43,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import pdl
 from ..device_info import sm_count  # noqa: F401  (the benches use it too)
 
 from .layout import SYM_ZERO, supported_group
@@ -135,6 +136,7 @@ def _w8a16_mma_kernel(
     GROUP_M: tl.constexpr, FACTORED: tl.constexpr,
     CONVERT: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_PERM: tl.constexpr,
     HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr, HOIST: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """x [M, K] @ W^T -> y [M, N]; grid (tiles_m * tiles_n, SPLIT_K). GS = 0: one group per
     output channel, else GS layout rows per group (a multiple of BK).
@@ -142,6 +144,8 @@ def _w8a16_mma_kernel(
     w_ptr: uint8 [N, KQ]; s_ptr: float16 [N, G]; z_ptr: uint8 [N, G] (HAS_ZEROS); perm_ptr:
     int32 [KQ] (HAS_PERM); ws_ptr: float32 [SPLIT_K, M, N]; lock_ptr: int32 counters (zero
     on entry). EVEN_K: KQ is a multiple of BK."""
+    pdl.wait(PDL)
+    pdl.release(PDL)
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     tiles_m = tl.cdiv(M, BM)
@@ -204,9 +208,12 @@ def _w8a16_gemv_kernel(
     M, N, K, KQ, G, SPLIT_K, ZSYM, stride_xm, stride_ym,
     GS: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, HAS_ZEROS: tl.constexpr,
     HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, SPLIT: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """One row of x per program: y[m, n-tile] = sum_k (q - z) * x[m, k] (* s) in float32;
     grid (tiles_n, SPLIT_K, M). Operands as in `_w8a16_mma_kernel`."""
+    pdl.wait(PDL)
+    pdl.release(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     m = tl.program_id(2)
@@ -433,7 +440,7 @@ def _gemm(x: torch.Tensor, prepared: dict, bias: torch.Tensor | None, y: torch.T
             m, n, k, kq, scales.shape[1], split, SYM_ZERO, x.stride(0), y.stride(0))
     flags = dict(GS=gs, BN=cfg.block_n, BK=bk, HAS_ZEROS=has_z, HAS_PERM=has_p,
                  HAS_BIAS=bias is not None, EVEN_K=kq % bk == 0, SPLIT=split > 1,
-                 num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                 num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl.launch_args(x))
     if gemv:
         _w8a16_gemv_kernel[(tiles_n, split, m)](*args, **flags)
     else:

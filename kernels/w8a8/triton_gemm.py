@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import pdl
 from ..device_info import sm_count  # noqa: F401  (the benches use it too)
 
 # Dispatch: first guesses, to be revised with `bench/gemm_int8.py --sweep`.
@@ -52,8 +53,11 @@ def _row_scale(amax):
 
 
 @triton.jit
-def _quant_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, BLOCK: tl.constexpr):
+def _quant_kernel(x_ptr, q_ptr, s_ptr, K, stride_xm, stride_qm, BLOCK: tl.constexpr,
+                  PDL: tl.constexpr):
     """Row program_id(0): x [M, K] (any float dtype) -> x_q int8, s_x float32 [M]."""
+    pdl.wait(PDL)
+    pdl.release(PDL)
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     amax = tl.zeros((BLOCK,), dtype=tl.float32)
@@ -87,12 +91,15 @@ def _w8a8_kernel(
     BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
     SWAP: tl.constexpr, QUANT: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr,
     SPLIT: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """y [M, N] = (x_q @ w_q^T) * s_x * s_w + bias; grid (tiles_m * tiles_n, SPLIT_K).
 
     a_ptr: x_q int8 [M, K] with s_x at sx_ptr, or (QUANT) x itself (float); w_ptr: int8
     [N, K]; sw_ptr: float32 [N]; ws_ptr: int32 [SPLIT_K, M, N]; lock_ptr: int32 counters
     (zero on entry). EVEN_K: K is a multiple of BK; SPLIT: SPLIT_K > 1."""
+    pdl.wait(PDL)
+    pdl.release(PDL)
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
     tiles_m = tl.cdiv(M, BM)
@@ -272,7 +279,7 @@ def quantize_per_token(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if m:
         block = min(triton.next_power_of_2(max(k, 16)), 4096)
         _quant_kernel[(m,)](x, q, s, k, x.stride(0), q.stride(0), BLOCK=block,
-                            num_warps=4 if block <= 1024 else 8)
+                            num_warps=4 if block <= 1024 else 8, **pdl.launch_args(x))
     return q, s
 
 
@@ -298,7 +305,7 @@ def _gemm(a: torch.Tensor, sx: torch.Tensor | None, prepared: dict[str, torch.Te
         BM=cfg.block_m, BN=cfg.block_n, BK=bk, GROUP_M=cfg.group_m,
         SWAP=cfg.swap, QUANT=cfg.quant, HAS_BIAS=bias is not None, EVEN_K=k % bk == 0,
         SPLIT=split > 1,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl.launch_args(a))
 
 
 def w8a8_linear(x: torch.Tensor, prepared: dict[str, torch.Tensor],

@@ -23,7 +23,7 @@ from optimizer.errors import InvalidInput
 from optimizer.ir import Graph
 from optimizer.ir.weights import WeightStore
 from optimizer.kernels.rope.reference import inv_freq
-from optimizer.runtime.cuda_ops import OPS, Step
+from optimizer.runtime.cuda_ops import OPS, Step, group_nodes
 
 
 class KVCache:
@@ -65,6 +65,7 @@ class CudaEngine:
         if missing:
             raise InvalidInput(None, f"the CUDA runtime has no kernel for ops {missing}")
         self.graph = graph
+        self.nodes = group_nodes(list(graph.nodes))     # the schedule the kernels run
         self.device = torch.device(device)
         self.dtype = dtype
         self.use_graphs = use_graphs and self.device.type == "cuda"
@@ -143,9 +144,9 @@ class CudaEngine:
 
     def _forward(self, tokens: torch.Tensor, step: Step) -> torch.Tensor:
         env: dict[str, torch.Tensor] = {"tokens": tokens, "positions": step.positions}
-        last_use = {name: i for i, n in enumerate(self.graph.nodes) for name in n.inputs}
+        last_use = {name: i for i, n in enumerate(self.nodes) for name in n.inputs}
         keep = set(self.graph.outputs)
-        for i, node in enumerate(self.graph.nodes):
+        for i, node in enumerate(self.nodes):
             out = OPS[node.op](self, node, [env[n] for n in node.inputs], step)
             for name, t in zip(node.outputs, out if isinstance(out, tuple) else (out,)):
                 env[name] = t

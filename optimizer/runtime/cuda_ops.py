@@ -124,6 +124,69 @@ def _attention(eng, node, xs, step):
     return decode_attention(q.contiguous(), kc[:b], vc[:b], step.lengths, hq, hk, window)
 
 
+def _rope_qk_attention(eng, node, xs, step):
+    """`group_nodes`' rope_qk -> split -> attention. Decode: one kernel rotates q and k and
+    writes k, v into the cache (`rope_qk_cache`), then the decode kernel attends; prefill:
+    the three ops one after the other."""
+    qkv, pos = xs
+    hq, hk, d = node.attr("n_heads"), node.attr("n_kv_heads"), node.attr("head_dim")
+    if step.prefill:
+        q, k, v = torch.split(_rope_qk(eng, node, xs, step), [hq * d, hk * d, hk * d], -1)
+        return _attention(eng, node, [q, k, v, pos], step)
+    from optimizer.kernels.attention.triton_decode import decode_attention
+    from optimizer.kernels.rope.triton_rope import rope_qk_cache
+    kc, vc = eng.cache.layer(node.attr("layer"))
+    b = qkv.shape[0]
+    q = rope_qk_cache(qkv, pos, eng.freqs_of(node), hq, hk, d, kc, vc)
+    return decode_attention(q, kc[:b], vc[:b], step.lengths, hq, hk, node.attr("window"))
+
+
+def group_nodes(nodes: list[Node]) -> list[Node]:
+    """The engine's own fusion of node groups its kernels run as one: ``r = rope_qk(qkv,
+    pos); q, k, v = split(r); o = attention(q, k, v, pos)``, where r and q/k/v have no other
+    readers, becomes one ``rope_qk_attention(qkv, pos) -> o`` node (attributes of both; not
+    an IR op: it exists only in this engine's schedule, the artifact is unchanged)."""
+    readers: dict[str, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for name in n.inputs:
+            readers.setdefault(name, []).append(i)
+    out, skip = [], set()
+    for i, n in enumerate(nodes):
+        if i in skip:
+            continue
+        group = _rope_split_attention(nodes, readers, i)
+        if group is None:
+            out.append(n)
+            continue
+        rope, split, attn = (nodes[j] for j in group)
+        attrs = {**dict(attn.attrs), **{k: rope.attr(k) for k in ("theta", "scaling")}}
+        out.append(Node.make("rope_qk_attention", rope.inputs, attn.outputs, attrs=attrs))
+        skip.update(group[1:])
+    return out
+
+
+def _rope_split_attention(nodes: list[Node], readers: dict[str, list[int]],
+                          i: int) -> tuple[int, int, int] | None:
+    rope = nodes[i]
+    if rope.op != "rope_qk" or readers.get(rope.outputs[0], []) == []:
+        return None
+    (j, *more) = readers[rope.outputs[0]]
+    split = nodes[j]
+    if more or split.op != "split" or len(split.outputs) != 3:
+        return None
+    users = [readers.get(v, []) for v in split.outputs]
+    if any(len(u) != 1 for u in users) or len({u[0] for u in users}) != 1:
+        return None
+    a = users[0][0]
+    attn = nodes[a]
+    if (attn.op != "attention" or tuple(attn.inputs[:3]) != tuple(split.outputs)
+            or attn.inputs[3] != rope.inputs[1]):
+        return None
+    if any(attn.attr(k) != rope.attr(k) for k in ("n_heads", "n_kv_heads", "head_dim")):
+        return None
+    return i, j, a
+
+
 OPS: dict[str, OpFn] = {
     "embedding": lambda eng, n, xs, s: F.embedding(xs[0], eng.weights[n.weight("weight")]),
     "rms_norm": _rms_norm,
@@ -135,6 +198,7 @@ OPS: dict[str, OpFn] = {
     "rope": _rope,
     "rope_qk": _rope_qk,
     "attention": _attention,
+    "rope_qk_attention": _rope_qk_attention,
     "split": _split,
     "silu_mul": _silu_mul,
     "silu_mul2": lambda eng, n, xs, s: F.silu(xs[0]) * xs[1],
