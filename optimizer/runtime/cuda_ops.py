@@ -43,7 +43,13 @@ def _opt(eng: "CudaEngine", node: Node, role: str) -> torch.Tensor | None:
 
 
 def _linear(eng, node, xs, step):
-    return F.linear(xs[0], eng.weights[node.weight("weight")], _opt(eng, node, "bias"))
+    """One token (M = 1): our GEMV (kernels/gemv); otherwise cuBLAS."""
+    x, w, b = xs[0], eng.weights[node.weight("weight")], _opt(eng, node, "bias")
+    if x.dim() == 2 and x.shape[0] == 1:
+        from optimizer.kernels.gemv.triton_gemv import gemv, supported
+        if supported(x, w) and (b is None or b.dtype == x.dtype):
+            return gemv(x, w, b)
+    return F.linear(x, w, b)
 
 
 def _w4a16(eng, node, xs, step):
