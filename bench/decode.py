@@ -233,8 +233,8 @@ def main() -> None:
     ap.add_argument("--compile-batches", default="1")
     ap.add_argument("--out", type=Path)
     ap.add_argument("--pdl-ab", action="store_true",
-                    help="also time each scheme at batch 1 with OPTIMIZER_PDL=0 (no "
-                         "programmatic dependent launch, kernels/pdl.py)")
+                    help="also time each scheme (batch 1 and prefill) with OPTIMIZER_PDL=0 "
+                         "(no programmatic dependent launch, kernels/pdl.py)")
     ap.add_argument("--build-only", action="store_true",
                     help="write the checkpoint and build the artifacts, then stop")
     args = ap.parse_args()
@@ -261,7 +261,7 @@ def main() -> None:
         rows.append((f"ours {s}", r, bw / r["bytes"]))
         if args.pdl_ab:
             os.environ["OPTIMIZER_PDL"] = "0"
-            r0 = bench_ours(args.work / s, [1], args.steps, args.prompt, None)
+            r0 = bench_ours(args.work / s, [1], args.steps, args.prompt, args.prefill)
             os.environ.pop("OPTIMIZER_PDL")
             rows.append((f"ours {s}, PDL off", r0, bw / r0["bytes"]))
     limit_bf16 = next((lim for name, _, lim in rows if name == "ours bf16"), None)

@@ -9,7 +9,8 @@
 # `kernels` starts bench/decode.py --build-only in its own session (setsid) so the 8B
 # checkpoint and its artifacts are built in /dev/shm while the GPU tests run, then waits for
 # them. Environment: SCHEMES (bf16,int4), PEERS (decode.py's --peers, none by default: the
-# anchor script is the peer), GPU_TESTS (test files), TEST_TIMEOUT (s). The SmolLM2 GGUF
+# anchor script is the peer), GPU_TESTS (test files), TEST_TIMEOUT (s), NPF_SWEEP (W4A16
+# prefetch depths to time int4 decode with, e.g. "0 8 16"). The SmolLM2 GGUF
 # travels in two parts (.carry1/part1 with `kernels`, .carry2/part2 + sha256 with `e2e`,
 # run next on the same warm machine).
 set -u
@@ -40,6 +41,11 @@ kernels)
     --pdl-ab --out "$OUT/decode.md" 2>&1 | tee "$OUT/decode.log" | tail -16
   [ -f .peer/anchor_decode.py ] && python3 .peer/anchor_decode.py 2>&1 \
     | tee "$OUT/anchor_decode.log" | tail -12
+  for npf in ${NPF_SWEEP:-}; do        # W4A16's L2 prefetch depth (kernels/w4a16, PDL)
+    echo "--- OPTIMIZER_PREFETCH=$npf"
+    OPTIMIZER_PREFETCH=$npf python3 bench/decode.py --work $W --schemes int4 --batches 1 \
+      --prefill 0 --peers "" 2>&1 | grep "ours int4 B=1"
+  done
   ;;
 e2e)
   if [ -f .carry2/part2 ]; then

@@ -2,6 +2,8 @@
 eager PyTorch (the plain references; SDPA for attention) and torch.compile of the reference
 (elementwise ops only) on Llama-3-8B decode shapes: H = 4096, F = 14336, 32 q / 8 kv heads,
 D = 128, batch 1, 8, 32; attention at context 512 and 4096 (every sequence full), bf16.
+Also rope_qk_cache (one launch) vs rope_qk + cache_write, and at batch 1 the float GEMV
+(kernels/gemv) vs cuBLAS (F.linear) on the 8B projections and lm_head.
 
     python bench/kernels_fused.py              # table (well under 2 minutes on an H100)
     python bench/kernels_fused.py --check      # quick correctness pass first (exit 1 on FAIL)
@@ -41,6 +43,8 @@ from kernels.rms_norm import reference as norm_ref  # noqa: E402
 from kernels.rms_norm import triton_rms_norm  # noqa: E402
 from kernels.rope import reference as rope_ref  # noqa: E402
 from kernels.rope import triton_rope  # noqa: E402
+from kernels.gemv import reference as gemv_ref  # noqa: E402
+from kernels.gemv import triton_gemv  # noqa: E402
 
 DEV, DT = "cuda", torch.bfloat16
 H, FF, HQ, HK, D, EPS = 4096, 14336, 32, 8, 128, 1e-5
@@ -146,9 +150,55 @@ def cases(batch: int, use_compile: bool):
     if use_compile:
         for _, _, _, methods, _, _ in rows:
             methods["compile"] = _compiled(methods["eager"])
+    rows.append(_rope_cache_case(batch, es, freqs))
+    if batch == 1:   # the float GEMV (M = 1) against cuBLAS on the 8B shapes and lm_head
+        for name, n, k in GEMV_SHAPES:
+            rows.append(_gemv_case(name, n, k, es))
     for ctx in CONTEXTS:
         rows.append(_attention_case(batch, ctx, es))
     return rows
+
+
+GEMV_SHAPES = (("qkv", (HQ + 2 * HK) * D, H), ("o", H, HQ * D), ("gate_up", 2 * FF, H),
+               ("down", H, FF), ("lm_head", 128256, H))
+
+
+def _gemv_case(name: str, n: int, k: int, es: int):
+    def make():
+        return rnd(1, k), torch.randn(n, k, device=DEV).to(DT) * 0.02
+
+    def check(i):
+        return triton_gemv.gemv(i[0], i[1]), gemv_ref.gemv(i[0].double(), i[1].double())
+
+    return (f"gemv {name}", f"1x{k} @ {n}x{k}", (n * k + k + n) * es,
+            {"ours": lambda i: triton_gemv.gemv(i[0], i[1]),
+             "eager": lambda i: F.linear(i[0], i[1])}, make, check)
+
+
+def _rope_cache_case(batch: int, es: int, freqs: torch.Tensor):
+    """rope_qk_cache (rope + both cache writes, one launch) vs rope_qk + cache_write."""
+    nq, s_max = (HQ + 2 * HK) * D, 512
+    pos = torch.arange(batch, device=DEV) * 7 % s_max
+
+    def make():
+        return (rnd(batch, nq), torch.zeros(batch, s_max, HK, D, device=DEV, dtype=DT),
+                torch.zeros(batch, s_max, HK, D, device=DEV, dtype=DT))
+
+    def ours(i):
+        return triton_rope.rope_qk_cache(i[0], pos, freqs, HQ, HK, D, i[1], i[2])
+
+    def unfused(i):
+        y = triton_rope.rope_qk(i[0], pos, freqs, HQ, HK, D)
+        q, k, v = torch.split(y, [HQ * D, HK * D, HK * D], -1)
+        triton_decode.cache_write(i[1], i[2], k, v, pos)
+        return q.contiguous()
+
+    def check(i):
+        return ours(i), rope_ref.rope_qk_cache(i[0].double(), pos, freqs, HQ, HK, D,
+                                               i[1].double(), i[2].double())
+
+    return ("rope_qk_cache", f"{batch}x{nq}", 2 * batch * nq * es, {"ours": ours,
+            "eager": unfused}, make, check)
 
 
 def _attention_case(batch: int, ctx: int, es: int):

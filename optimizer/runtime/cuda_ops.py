@@ -147,11 +147,24 @@ def _rope_qk_attention(eng, node, xs, step):
     return decode_attention(q, kc[:b], vc[:b], step.lengths, hq, hk, node.attr("window"))
 
 
+def _silu_mul_w4a16(eng, node, xs, step):
+    """`group_nodes`' silu_mul -> w4a16_linear: silu(gate) * up computed as the GEMM (or its
+    act-order gather) loads its input, no separate launch."""
+    from optimizer.kernels.w4a16.triton_gemm import w4a16_linear
+    return w4a16_linear(xs[0], eng.prepared[node.outputs[0]], _opt(eng, node, "bias"),
+                        silu=True)
+
+
 def group_nodes(nodes: list[Node]) -> list[Node]:
-    """The engine's own fusion of node groups its kernels run as one: ``r = rope_qk(qkv,
-    pos); q, k, v = split(r); o = attention(q, k, v, pos)``, where r and q/k/v have no other
-    readers, becomes one ``rope_qk_attention(qkv, pos) -> o`` node (attributes of both; not
-    an IR op: it exists only in this engine's schedule, the artifact is unchanged)."""
+    """The engine's own fusion of node groups its kernels run as one (not IR ops: they exist
+    only in this engine's schedule, the artifact is unchanged):
+
+    - ``r = rope_qk(qkv, pos); q, k, v = split(r); o = attention(q, k, v, pos)``, where r and
+      q/k/v have no other readers: one ``rope_qk_attention(qkv, pos) -> o`` (attributes of
+      both);
+    - ``a = silu_mul(gu); y = w4a16_linear(a)``, a read by the linear alone: one
+      ``silu_mul_w4a16(gu) -> y`` (the linear's weights and attributes).
+    """
     readers: dict[str, list[int]] = {}
     for i, n in enumerate(nodes):
         for name in n.inputs:
@@ -161,13 +174,20 @@ def group_nodes(nodes: list[Node]) -> list[Node]:
         if i in skip:
             continue
         group = _rope_split_attention(nodes, readers, i)
-        if group is None:
-            out.append(n)
+        if group is not None:
+            rope, split, attn = (nodes[j] for j in group)
+            attrs = {**dict(attn.attrs), **{k: rope.attr(k) for k in ("theta", "scaling")}}
+            out.append(Node.make("rope_qk_attention", rope.inputs, attn.outputs, attrs=attrs))
+            skip.update(group[1:])
             continue
-        rope, split, attn = (nodes[j] for j in group)
-        attrs = {**dict(attn.attrs), **{k: rope.attr(k) for k in ("theta", "scaling")}}
-        out.append(Node.make("rope_qk_attention", rope.inputs, attn.outputs, attrs=attrs))
-        skip.update(group[1:])
+        users = readers.get(n.outputs[0], []) if n.op == "silu_mul" else []
+        if len(users) == 1 and nodes[users[0]].op == "w4a16_linear":
+            lin = nodes[users[0]]
+            out.append(Node(op="silu_mul_w4a16", inputs=n.inputs, outputs=lin.outputs,
+                            weights=lin.weights, attrs=lin.attrs))
+            skip.add(users[0])
+            continue
+        out.append(n)
     return out
 
 
@@ -205,6 +225,7 @@ OPS: dict[str, OpFn] = {
     "rope_qk": _rope_qk,
     "attention": _attention,
     "rope_qk_attention": _rope_qk_attention,
+    "silu_mul_w4a16": _silu_mul_w4a16,
     "split": _split,
     "silu_mul": _silu_mul,
     "silu_mul2": lambda eng, n, xs, s: F.silu(xs[0]) * xs[1],
