@@ -10,9 +10,10 @@ every SM several.
 With PDL (kernels/pdl.py), before waiting for the previous kernel each program asks for the
 first NPF tiles of its rows in L2 (one bulk prefetch per row: W is a weight, nothing writes
 it), so the weight stream starts while the previous kernel (an RMSNorm, the attention)
-still runs. Why not cuBLAS: at M = 1 cuBLAS bf16 reaches 55-71% of copy bandwidth on the
-8B model's o and qkv shapes on an H200 (bench/RESULTS.md), launch and ramp-up latency that
-PDL hides.
+still runs. Why not cuBLAS: at M = 1 cuBLAS bf16 reaches only 55-71% of copy bandwidth on the
+8B model's o and qkv shapes on an H200 (bench/RESULTS.md). Measured in CUDA-graph chains,
+this kernel beat it on o (1.17x) and not on the larger shapes (0.94-0.99x), so `prefer`
+picks it by weight size.
 
 Preconditions: x [1, K] (unit stride), W [N, K] with unit stride along K and K a multiple of 8
 (16-byte rows), bias [N] or None; x, W, bias of one dtype (bf16 or fp16).
@@ -66,6 +67,16 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, y_ptr, N, K, stride_w, BN: tl.constexpr,
     if HAS_BIAS:
         y += tl.load(b_ptr + rows, mask=mask_n, other=0.0).to(tl.float32)
     tl.store(y_ptr + rows, y.to(y_ptr.dtype.element_ty), mask=mask_n)
+
+
+MAX_ELEMENTS = 4096 * 4096     # W sizes where `prefer` picks this kernel over cuBLAS
+
+
+def prefer(weight: torch.Tensor) -> bool:
+    """Whether to use this kernel rather than cuBLAS for W (both supported): measured on an
+    H200 at M = 1 (bench/RESULTS.md), ours was 1.17x cuBLAS on 4096 x 4096 (Llama-3-8B's o)
+    and 0.94-0.99x on the larger qkv, gate-up, down and lm_head shapes."""
+    return weight.shape[0] * weight.shape[1] <= MAX_ELEMENTS
 
 
 def supported(x: torch.Tensor, weight: torch.Tensor) -> bool:

@@ -43,11 +43,12 @@ def _opt(eng: "CudaEngine", node: Node, role: str) -> torch.Tensor | None:
 
 
 def _linear(eng, node, xs, step):
-    """One token (M = 1): our GEMV (kernels/gemv); otherwise cuBLAS."""
+    """One token (M = 1) and a weight where it measured faster: our GEMV (kernels/gemv);
+    otherwise cuBLAS."""
     x, w, b = xs[0], eng.weights[node.weight("weight")], _opt(eng, node, "bias")
     if x.dim() == 2 and x.shape[0] == 1:
-        from optimizer.kernels.gemv.triton_gemv import gemv, supported
-        if supported(x, w) and (b is None or b.dtype == x.dtype):
+        from optimizer.kernels.gemv.triton_gemv import gemv, prefer, supported
+        if supported(x, w) and prefer(w) and (b is None or b.dtype == x.dtype):
             return gemv(x, w, b)
     return F.linear(x, w, b)
 
