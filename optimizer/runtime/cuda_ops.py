@@ -9,6 +9,7 @@ prefill, or one decode token for each of B sequences). Activations are the engin
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -156,6 +157,12 @@ def _silu_mul_w4a16(eng, node, xs, step):
                         silu=True)
 
 
+def FUSE_SILU() -> bool:
+    """silu_mul -> w4a16_linear grouping: off unless OPTIMIZER_FUSE_SILU=1 (see
+    `group_nodes`)."""
+    return os.environ.get("OPTIMIZER_FUSE_SILU", "0") == "1"
+
+
 def group_nodes(nodes: list[Node]) -> list[Node]:
     """The engine's own fusion of node groups its kernels run as one (not IR ops: they exist
     only in this engine's schedule, the artifact is unchanged):
@@ -181,7 +188,8 @@ def group_nodes(nodes: list[Node]) -> list[Node]:
             out.append(Node.make("rope_qk_attention", rope.inputs, attn.outputs, attrs=attrs))
             skip.update(group[1:])
             continue
-        users = readers.get(n.outputs[0], []) if n.op == "silu_mul" else []
+        users = (readers.get(n.outputs[0], []) if n.op == "silu_mul" and FUSE_SILU()
+                 else [])
         if len(users) == 1 and nodes[users[0]].op == "w4a16_linear":
             lin = nodes[users[0]]
             out.append(Node(op="silu_mul_w4a16", inputs=n.inputs, outputs=lin.outputs,
