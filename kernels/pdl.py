@@ -16,9 +16,10 @@ stream. Kernels not launched with PDL (cuBLAS, PyTorch ops) start as usual, afte
 previous kernel has finished; `wait` is a no-op when the launch had no PDL attribute.
 
 Only for decode-sized work: a launch whose activation has more than MAX_ROWS rows (a
-prefill) goes without PDL. Measured on an H200 (bench/RESULTS.md): PDL on every launch made
-a 512-token prefill of the 8B model 1.3-1.6x slower (int4 19222 -> 11789 tok/s, bf16 30722
--> 24038), while decode at batch 1 gained 4-6%.
+prefill) goes without PDL. Decode at batch 1 gained 4-5% from PDL on an H200
+(bench/RESULTS.md); the 512-token prefill timings (eager launches) scattered by up to 1.8x
+between runs with and without it, so no effect there was shown either way, and prefill
+keeps the plain launches.
 
 Switch: ``OPTIMIZER_PDL=0`` launches everything without PDL (for measuring the difference);
 never used in Triton's interpreter or below sm_90.
