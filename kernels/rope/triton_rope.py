@@ -35,6 +35,27 @@ from ..device_info import sm_count
 
 
 @triton.jit
+def _rotated(x_row, pos, f_ptr, h, N_ROT, N_HEADS, HALF: tl.constexpr,
+             BLOCK_HALF: tl.constexpr):
+    """Heads h [BH] of the row at x_row, token position pos: (y1, y2) float32 [BH, BJ], the
+    first and second halves of each head (rotated for h < N_ROT, copied otherwise), with
+    their column offsets in the row and the mask of heads < N_HEADS."""
+    j = tl.arange(0, BLOCK_HALF)                                          # [BJ]
+    mj = j < HALF
+    a = pos.to(tl.float32) * tl.load(f_ptr + j, mask=mj, other=0.0)
+    c = tl.cos(a)[None, :]
+    s = tl.sin(a)[None, :]
+    col = h[:, None] * (2 * HALF) + j[None, :]                            # [BH, BJ]
+    m = (h < N_HEADS)[:, None] & mj[None, :]
+    x1 = tl.load(x_row + col, mask=m, other=0.0).to(tl.float32)
+    x2 = tl.load(x_row + col + HALF, mask=m, other=0.0).to(tl.float32)
+    rot = (h < N_ROT)[:, None]
+    y1 = tl.where(rot, x1 * c - x2 * s, x1)
+    y2 = tl.where(rot, x2 * c + x1 * s, x2)
+    return y1, y2, col, m
+
+
+@triton.jit
 def _rope_kernel(x_ptr, pos_ptr, f_ptr, y_ptr, N_ROT, N_HEADS, stride_x, stride_y,
                  HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, BLOCK_H: tl.constexpr,
                  PDL: tl.constexpr):
@@ -42,18 +63,8 @@ def _rope_kernel(x_ptr, pos_ptr, f_ptr, y_ptr, N_ROT, N_HEADS, stride_x, stride_
     pdl.release(PDL)
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)                # [BH] heads
-    j = tl.arange(0, BLOCK_HALF)                                          # [BJ]
-    mj = j < HALF
-    a = tl.load(pos_ptr + t).to(tl.float32) * tl.load(f_ptr + j, mask=mj, other=0.0)
-    c = tl.cos(a)[None, :]
-    s = tl.sin(a)[None, :]
-    col = h[:, None] * (2 * HALF) + j[None, :]                            # [BH, BJ]
-    m = (h < N_HEADS)[:, None] & mj[None, :]
-    x1 = tl.load(x_ptr + t * stride_x + col, mask=m, other=0.0).to(tl.float32)
-    x2 = tl.load(x_ptr + t * stride_x + col + HALF, mask=m, other=0.0).to(tl.float32)
-    rot = (h < N_ROT)[:, None]
-    y1 = tl.where(rot, x1 * c - x2 * s, x1)
-    y2 = tl.where(rot, x2 * c + x1 * s, x2)
+    y1, y2, col, m = _rotated(x_ptr + t * stride_x, tl.load(pos_ptr + t), f_ptr, h, N_ROT,
+                              N_HEADS, HALF, BLOCK_HALF)
     tl.store(y_ptr + t * stride_y + col, y1.to(y_ptr.dtype.element_ty), mask=m)
     tl.store(y_ptr + t * stride_y + col + HALF, y2.to(y_ptr.dtype.element_ty), mask=m)
 
@@ -67,19 +78,12 @@ def _rope_cache_kernel(x_ptr, pos_ptr, f_ptr, q_ptr, k_ptr, v_ptr, S, stride_x, 
     pdl.release(PDL)
     t = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)                # [BH] heads
-    j = tl.arange(0, BLOCK_HALF)                                          # [BJ]
-    mj = j < HALF
+    j = tl.arange(0, BLOCK_HALF)
     pos = tl.load(pos_ptr + t).to(tl.int64)
-    a = pos.to(tl.float32) * tl.load(f_ptr + j, mask=mj, other=0.0)
-    c = tl.cos(a)[None, :]
-    s = tl.sin(a)[None, :]
-    col = h[:, None] * (2 * HALF) + j[None, :]                            # [BH, BJ]
-    m = (h < HQ + 2 * HK)[:, None] & mj[None, :]
-    x1 = tl.load(x_ptr + t * stride_x + col, mask=m, other=0.0).to(tl.float32)
-    x2 = tl.load(x_ptr + t * stride_x + col + HALF, mask=m, other=0.0).to(tl.float32)
-    rot = (h < HQ + HK)[:, None]
-    y1 = tl.where(rot, x1 * c - x2 * s, x1).to(q_ptr.dtype.element_ty)
-    y2 = tl.where(rot, x2 * c + x1 * s, x2).to(q_ptr.dtype.element_ty)
+    y1, y2, col, m = _rotated(x_ptr + t * stride_x, pos, f_ptr, h, HQ + HK, HQ + 2 * HK, HALF,
+                              BLOCK_HALF)
+    y1 = y1.to(q_ptr.dtype.element_ty)
+    y2 = y2.to(q_ptr.dtype.element_ty)
     is_q = (h < HQ)[:, None]
     is_k = ((h >= HQ) & (h < HQ + HK))[:, None]
     is_v = (h >= HQ + HK)[:, None]
