@@ -54,7 +54,6 @@ import triton
 import triton.language as tl
 
 from .. import pdl
-from ..activation.triton_silu_mul import silu_mul_f32
 from ..device_info import sm_count  # noqa: F401  (the benches use it too)
 
 MAX_SPLIT_K = 32
@@ -170,7 +169,7 @@ def _sub_tile(acc, part, w, j: tl.constexpr, k0, x_rows, perm_ptr, sz_ptr, KX, N
               mask_m, mask_n, xg, GS: tl.constexpr, SUBK: tl.constexpr, SPG: tl.constexpr,
               BN: tl.constexpr, FACTORED: tl.constexpr, IS_BF16: tl.constexpr,
               GATHER: tl.constexpr, USE_ASM: tl.constexpr, EVEN_N: tl.constexpr,
-              EVEN_K: tl.constexpr, X_GIVEN: tl.constexpr, SILU: tl.constexpr):
+              EVEN_K: tl.constexpr, X_GIVEN: tl.constexpr):
     """Sub-tile j of the block at row k0: rows [k, k + SUBK), k = k0 + j * SUBK, from the
     words w [BN, 4, SUBK // 32] and x[:, k:k+SUBK] (xg when X_GIVEN, else loaded here).
     FACTORED: part (the group's q - z dot, float32) is begun at the group's first sub-tile
@@ -194,16 +193,9 @@ def _sub_tile(acc, part, w, j: tl.constexpr, k0, x_rows, perm_ptr, sz_ptr, KX, N
         x = tl.load(x_rows + src[None, :], mask=mask_m[:, None], other=0.0)
     elif EVEN_K:
         x = tl.load(x_rows + offs_k[None, :], mask=mask_m[:, None], other=0.0)    # [BM, SUBK]
-        if SILU:     # x row = [gate | up], KX wide each: silu(gate) * up, rounded once
-            x = silu_mul_f32(x, tl.load(x_rows + KX + offs_k[None, :], mask=mask_m[:, None],
-                                        other=0.0)).to(x_rows.dtype.element_ty)
     else:
         x = tl.load(x_rows + offs_k[None, :], mask=mask_m[:, None] & (offs_k[None, :] < KX),
                     other=0.0)
-        if SILU:
-            x = silu_mul_f32(x, tl.load(x_rows + KX + offs_k[None, :],
-                                        mask=mask_m[:, None] & (offs_k[None, :] < KX),
-                                        other=0.0)).to(x_rows.dtype.element_ty)
     if FACTORED:
         o0, o1, o2, o3, o4, o5, o6, o7 = _unpack(w, zz[:, None, None], zz[:, None, None],
                                                  IS_BF16, False, USE_ASM)
@@ -243,7 +235,7 @@ def _w4a16_kernel(
     GROUP_M: tl.constexpr, FACTORED: tl.constexpr, IS_BF16: tl.constexpr,
     HAS_BIAS: tl.constexpr, GATHER: tl.constexpr, USE_ASM: tl.constexpr,
     SPLIT: tl.constexpr, EVEN_N: tl.constexpr, EVEN_K: tl.constexpr,
-    PDL: tl.constexpr, NPF: tl.constexpr, SILU: tl.constexpr,
+    PDL: tl.constexpr, NPF: tl.constexpr,
 ):
     """x [M, KX] @ W^T -> y [M, N]; grid (tiles_m * tiles_n, SPLIT_K). See module docstring.
 
@@ -324,15 +316,15 @@ def _w4a16_kernel(
         if NSUB == 1:
             acc, part = _sub_tile(acc, part, w, 0, k0, x_rows, perm_ptr, sz_ptr, KX, N,
                                   offs_n, mask_m, mask_n, x_cur, GS, SUBK, SPG, BN, FACTORED,
-                                  IS_BF16, GATHER, USE_ASM, EVEN_N, EVEN_K, PREFETCH, SILU)
+                                  IS_BF16, GATHER, USE_ASM, EVEN_N, EVEN_K, PREFETCH)
         elif NSUB == 2:                # c = 2 c1 + c0: sub-tile c1 holds chunks 2 c1, 2 c1 + 1
             w0, w1 = tl.split(tl.permute(tl.reshape(w, (BN, 4, 2, 2)), (0, 1, 3, 2)))
             acc, part = _sub_tile(acc, part, w0, 0, k0, x_rows, perm_ptr, sz_ptr, KX, N,
                                   offs_n, mask_m, mask_n, x_cur, GS, SUBK, SPG, BN, FACTORED,
-                                  IS_BF16, GATHER, USE_ASM, EVEN_N, EVEN_K, False, SILU)
+                                  IS_BF16, GATHER, USE_ASM, EVEN_N, EVEN_K, False)
             acc, part = _sub_tile(acc, part, w1, 1, k0, x_rows, perm_ptr, sz_ptr, KX, N,
                                   offs_n, mask_m, mask_n, x_cur, GS, SUBK, SPG, BN, FACTORED,
-                                  IS_BF16, GATHER, USE_ASM, EVEN_N, EVEN_K, False, SILU)
+                                  IS_BF16, GATHER, USE_ASM, EVEN_N, EVEN_K, False)
         else:                          # NSUB == 4: sub-tile c holds chunk c
             wa, wb = tl.split(tl.reshape(w, (BN, 4, 2, 2)))              # c0 = 0, 1
             wa0, wa1 = tl.split(wa)                                      # c = 0, 2
@@ -340,19 +332,19 @@ def _w4a16_kernel(
             acc, part = _sub_tile(acc, part, tl.reshape(wa0, (BN, 4, 1)), 0, k0, x_rows,
                                   perm_ptr, sz_ptr, KX, N, offs_n, mask_m, mask_n, x_cur, GS,
                                   SUBK, SPG, BN, FACTORED, IS_BF16, GATHER, USE_ASM, EVEN_N,
-                                  EVEN_K, False, SILU)
+                                  EVEN_K, False)
             acc, part = _sub_tile(acc, part, tl.reshape(wb0, (BN, 4, 1)), 1, k0, x_rows,
                                   perm_ptr, sz_ptr, KX, N, offs_n, mask_m, mask_n, x_cur, GS,
                                   SUBK, SPG, BN, FACTORED, IS_BF16, GATHER, USE_ASM, EVEN_N,
-                                  EVEN_K, False, SILU)
+                                  EVEN_K, False)
             acc, part = _sub_tile(acc, part, tl.reshape(wa1, (BN, 4, 1)), 2, k0, x_rows,
                                   perm_ptr, sz_ptr, KX, N, offs_n, mask_m, mask_n, x_cur, GS,
                                   SUBK, SPG, BN, FACTORED, IS_BF16, GATHER, USE_ASM, EVEN_N,
-                                  EVEN_K, False, SILU)
+                                  EVEN_K, False)
             acc, part = _sub_tile(acc, part, tl.reshape(wb1, (BN, 4, 1)), 3, k0, x_rows,
                                   perm_ptr, sz_ptr, KX, N, offs_n, mask_m, mask_n, x_cur, GS,
                                   SUBK, SPG, BN, FACTORED, IS_BF16, GATHER, USE_ASM, EVEN_N,
-                                  EVEN_K, False, SILU)
+                                  EVEN_K, False)
     out = tl.trans(acc)                                                  # [BM, BN]
 
     if not SPLIT:
@@ -377,8 +369,8 @@ def _w4a16_kernel(
 
 
 @triton.jit
-def _gather_kernel(x_ptr, perm_ptr, out_ptr, KP, F, stride_xm, BLOCK: tl.constexpr,
-                   SILU: tl.constexpr, PDL: tl.constexpr):
+def _gather_kernel(x_ptr, perm_ptr, out_ptr, KP, stride_xm, BLOCK: tl.constexpr,
+                   PDL: tl.constexpr):
     """out[m, i] = x[m, perm[i]] for i < KP; grid (cdiv(KP, BLOCK), M): the programs of
     one row run together, so its scattered 2-byte reads hit L2."""
     pdl.wait(PDL)
@@ -388,28 +380,20 @@ def _gather_kernel(x_ptr, perm_ptr, out_ptr, KP, F, stride_xm, BLOCK: tl.constex
     mask = offs < KP
     src = tl.load(perm_ptr + offs, mask=mask, other=0)
     v = tl.load(x_ptr + m * stride_xm + src, mask=mask)
-    if SILU:                                  # x row = [gate | up]: silu(gate) * up
-        v = silu_mul_f32(v, tl.load(x_ptr + m * stride_xm + F + src, mask=mask)).to(
-            out_ptr.dtype.element_ty)
     tl.store(out_ptr + m * KP + offs, v, mask=mask)
 
 
-def gather_columns(x: torch.Tensor, perm: torch.Tensor, silu: bool = False) -> torch.Tensor:
+def gather_columns(x: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     """x[:, perm] ([M, KP], contiguous): one Triton launch for M < CUBLAS_MIN_M (measured
     ~7 µs less than index_select at M <= 16 on an H200), index_select above (measured
     there; the Triton kernel's row-local order is untested at that size)."""
     m, kp = x.shape[0], perm.shape[0]
-    f = x.shape[1] // 2
     if m >= CUBLAS_MIN_M:
-        if silu:
-            from ..activation.triton_silu_mul import silu_mul
-            x = silu_mul(x)
         return x.index_select(1, perm)
     out = torch.empty((m, kp), dtype=x.dtype, device=x.device)
     if m:
-        _gather_kernel[(triton.cdiv(kp, 1024), m)](x, perm, out, kp, f, x.stride(0),
-                                                    BLOCK=1024, SILU=silu, num_warps=4,
-                                                    **pdl.launch_args(x))
+        _gather_kernel[(triton.cdiv(kp, 1024), m)](x, perm, out, kp, x.stride(0), BLOCK=1024,
+                                                    num_warps=4, **pdl.launch_args(x))
     return out
 
 
@@ -568,10 +552,10 @@ def _group_rows(prepared: dict[str, torch.Tensor]) -> int:
 
 
 def _gemm(x: torch.Tensor, prepared: dict[str, torch.Tensor], bias: torch.Tensor | None,
-          y: torch.Tensor, cfg: GemmConfig, gather: bool, silu: bool = False) -> None:
+          y: torch.Tensor, cfg: GemmConfig, gather: bool) -> None:
     """One launch of `_w4a16_kernel`; x [M, KX] (gathered already unless ``gather``)."""
     qweight, sz = prepared["qweight"], prepared["sz"]
-    m, kx = x.shape[0], x.shape[1] // (2 if silu else 1)
+    m, kx = x.shape
     kp, n = qweight.shape[0] * 8, qweight.shape[1]
     gs = _group_rows(prepared)
     tiles_m, tiles_n = -(-m // cfg.block_m), -(-n // cfg.block_n)
@@ -593,7 +577,6 @@ def _gemm(x: torch.Tensor, prepared: dict[str, torch.Tensor], bias: torch.Tensor
         FACTORED=cfg.factored, IS_BF16=x.dtype == torch.bfloat16,
         HAS_BIAS=bias is not None, GATHER=gather, USE_ASM=_use_asm(x), SPLIT=split > 1,
         EVEN_N=n % cfg.block_n == 0, EVEN_K=gather or kx == kp, NPF=PREFETCH_BLOCKS,
-        SILU=silu,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **pdl.launch_args(x))
 
 
@@ -637,15 +620,12 @@ def _cublas(x2: torch.Tensor, prepared: dict[str, torch.Tensor], bias: torch.Ten
 def w4a16_linear(x: torch.Tensor, prepared: dict[str, torch.Tensor],
                  bias: torch.Tensor | None = None, *, out: torch.Tensor | None = None,
                  config: GemmConfig | CublasConfig | None = None,
-                 path: str = "auto", silu: bool = False) -> torch.Tensor:
+                 path: str = "auto") -> torch.Tensor:
     """x [..., K] (bf16/fp16) -> [..., N] = x @ W^T + bias, W from `layout.prepare`.
 
     path: "auto" (`pick_config` by M, or ``config``), "fused" (always `_w4a16_kernel`) or
     "cublas" (dequantize W^T, then ``x @ W^T`` through cuBLAS). ``out``: optional contiguous
     [M, N] tensor of x's dtype to write into. ``config`` overrides the pick.
-    ``silu``: x is [..., 2K], a fused gate/up output, and the input is silu(gate) * up
-    (kernels/activation, float32, rounded once to x's dtype: the same numbers as
-    `silu_mul` first), computed where x is loaded (or gathered, with act-order).
     """
     if x.dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"x: expected bfloat16 or float16, got {x.dtype}")
@@ -656,9 +636,7 @@ def w4a16_linear(x: torch.Tensor, prepared: dict[str, torch.Tensor],
     lead = x.shape[:-1]
     x2 = x.reshape(-1, x.shape[-1])
     has_perm = "perm" in prepared
-    if silu and x2.shape[1] % 2:
-        raise ValueError(f"x: silu needs an even width [gate | up], got {x2.shape[1]}")
-    if x2.shape[1] // (2 if silu else 1) > kp:
+    if x2.shape[1] > kp:
         raise ValueError(f"x: {x2.shape[1]} input features, the weight has at most {kp}")
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
@@ -675,15 +653,11 @@ def w4a16_linear(x: torch.Tensor, prepared: dict[str, torch.Tensor],
         cfg = CublasConfig()
     elif path == "fused" and not isinstance(cfg, GemmConfig):
         cfg = pick_config(min(m, 128), n, kp, sm_count(x.device))
-    gather = has_perm and isinstance(cfg, GemmConfig) and cfg.gather and not silu
+    gather = has_perm and isinstance(cfg, GemmConfig) and cfg.gather
     if has_perm and not gather:
-        x2 = gather_columns(x2, prepared["perm"], silu)              # [M, KP]
-        silu = False
-    if silu and isinstance(cfg, CublasConfig):
-        from ..activation.triton_silu_mul import silu_mul
-        x2, silu = silu_mul(x2), False
+        x2 = gather_columns(x2, prepared["perm"])                    # [M, KP]
     if isinstance(cfg, CublasConfig):
         _cublas(x2, prepared, bias, y, cfg)
     else:
-        _gemm(x2, prepared, bias, y, cfg, gather, silu)
+        _gemm(x2, prepared, bias, y, cfg, gather)
     return y.reshape(*lead, n)

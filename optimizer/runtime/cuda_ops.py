@@ -9,7 +9,6 @@ prefill, or one decode token for each of B sequences). Activations are the engin
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -149,32 +148,17 @@ def _rope_qk_attention(eng, node, xs, step):
     return decode_attention(q, kc[:b], vc[:b], step.lengths, hq, hk, node.attr("window"))
 
 
-def _silu_mul_w4a16(eng, node, xs, step):
-    """`group_nodes`' silu_mul -> w4a16_linear: silu(gate) * up computed as the GEMM (or its
-    act-order gather) loads its input, no separate launch."""
-    from optimizer.kernels.w4a16.triton_gemm import w4a16_linear
-    return w4a16_linear(xs[0], eng.prepared[node.outputs[0]], _opt(eng, node, "bias"),
-                        silu=True)
-
-
-def fuse_silu() -> bool:
-    """silu_mul -> w4a16_linear grouping: off unless OPTIMIZER_FUSE_SILU=1 (see
-    `group_nodes`)."""
-    return os.environ.get("OPTIMIZER_FUSE_SILU", "0") == "1"
-
-
 def group_nodes(nodes: list[Node]) -> list[Node]:
     """The engine's own fusion of node groups its kernels run as one (not IR ops: they exist
     only in this engine's schedule, the artifact is unchanged):
 
     - ``r = rope_qk(qkv, pos); q, k, v = split(r); o = attention(q, k, v, pos)``, where r and
       q/k/v have no other readers: one ``rope_qk_attention(qkv, pos) -> o`` (attributes of
-      both);
-    - only with ``OPTIMIZER_FUSE_SILU=1``: ``a = silu_mul(gu); y = w4a16_linear(a)``, a
-      read by the linear alone, as one ``silu_mul_w4a16(gu) -> y`` (the linear's weights and
-      attributes). Off by default: measured on an H200, 8B int4 decode at batch 1 went from
-      420 to 389 tok/s with it (the silu sits on the W4A16 kernel's per-block latency chain,
-      in every N-tile program), more than the saved launch.
+      both).
+
+    (Also tried and removed: silu_mul folded into the down projection's W4A16 input load.
+    Measured on an H200 it made 8B int4 decode at batch 1 slower, 420 -> 389 tok/s: the
+    silu sits on the kernel's per-block latency chain in every N-tile program.)
     """
     readers: dict[str, list[int]] = {}
     for i, n in enumerate(nodes):
@@ -190,14 +174,6 @@ def group_nodes(nodes: list[Node]) -> list[Node]:
             attrs = {**dict(attn.attrs), **{k: rope.attr(k) for k in ("theta", "scaling")}}
             out.append(Node.make("rope_qk_attention", rope.inputs, attn.outputs, attrs=attrs))
             skip.update(group[1:])
-            continue
-        users = (readers.get(n.outputs[0], []) if n.op == "silu_mul" and fuse_silu()
-                 else [])
-        if len(users) == 1 and nodes[users[0]].op == "w4a16_linear":
-            lin = nodes[users[0]]
-            out.append(Node(op="silu_mul_w4a16", inputs=n.inputs, outputs=lin.outputs,
-                            weights=lin.weights, attrs=lin.attrs))
-            skip.add(users[0])
             continue
         out.append(n)
     return out
@@ -237,7 +213,6 @@ OPS: dict[str, OpFn] = {
     "rope_qk": _rope_qk,
     "attention": _attention,
     "rope_qk_attention": _rope_qk_attention,
-    "silu_mul_w4a16": _silu_mul_w4a16,
     "split": _split,
     "silu_mul": _silu_mul,
     "silu_mul2": lambda eng, n, xs, s: F.silu(xs[0]) * xs[1],
