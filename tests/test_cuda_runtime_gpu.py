@@ -3,7 +3,8 @@ on the same ``--target cuda`` artifact.
 
 - prefill logits: ``||cuda - cpu|| / ||cpu||`` <= 2e-2 in bfloat16 (weights and activations
   rounded to 2^-9 at every op; 1e-2 per op compounds over the layers of a tiny model),
-  <= 5e-3 in float16 (2^-11);
+  <= 5e-3 in float16 (2^-11), doubled under Triton's interpreter, which rounds float16
+  toward zero (unit roundoff 2^-10; a qwen2 W8A8 prompt measured 5.02e-3 there);
 - decode: each token the engine picks greedily for ragged batches is, under the CPU
   reference's logits of the same prefix, within a stated margin of the reference's maximum
   (so rounding can only swap near-ties); replaying the CUDA graph gives bit-identical tokens
@@ -70,13 +71,15 @@ def _ids(n: int, seed: int) -> list[int]:
     return torch.randint(0, 96, (n,), generator=torch.Generator().manual_seed(seed)).tolist()
 
 
-def _check_prefill(artifact: Path, device: str, dtype: torch.dtype) -> None:
+def _check_prefill(artifact: Path, device: str, dtype: torch.dtype,
+                   tol: float | None = None) -> None:
     seed = int.from_bytes(os.urandom(4), "little")
     ids = _ids(13, seed)
     got = _engine(artifact, device, dtype).logits(ids)
     ref = optimizer.runtime.load(artifact).logits(ids)
     err = float((got - ref).norm() / ref.norm())
-    assert err <= TOL[dtype], f"{artifact.name} seed {seed}: rel err {err:.2e}"
+    tol = TOL[dtype] if tol is None else tol
+    assert err <= tol, f"{artifact.name} seed {seed}: rel err {err:.2e} > {tol:.0e}"
 
 
 def _check_decode(artifact: Path, device: str, dtype: torch.dtype) -> None:
@@ -196,5 +199,5 @@ class TestInterpreter:
                                              ("qwen2", "w8a8")])
     def test_prefill_and_decode(self, tmp_path_factory, kind: str, scheme: str) -> None:
         art = _build(tmp_path_factory.mktemp("a"), kind, scheme, "float16")
-        _check_prefill(art, "cpu", torch.float16)
+        _check_prefill(art, "cpu", torch.float16, tol=2 * TOL[torch.float16])
         _check_decode(art, "cpu", torch.float16)
