@@ -30,9 +30,9 @@ import optimizer
 from optimizer.artifact import load_artifact
 from optimizer.pipelines import BuildRequest, build_pipeline
 from tiny_models import save_tiny
+from triton_interp import INTERPRETER_MARKS
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 TOL = {torch.bfloat16: 2e-2, torch.float16: 5e-3}
 MARGIN = {torch.bfloat16: 0.05, torch.float16: 0.02}   # x max |logit|
 SCHEMES = {"bf16": "dce", "rtn4": "dce;quantize-rtn:bits=4,group_size=128",
@@ -191,9 +191,9 @@ class TestGPU:
         assert gpu.tokenizer.decode(new_gpu).startswith(" Paris")
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="GPU: TestGPU runs")
-@pytest.mark.skipif(not (HAS_TRITON and INTERPRET), reason="needs triton and TRITON_INTERPRET=1")
 class TestInterpreter:
+    pytestmark = INTERPRETER_MARKS
+
     @pytest.mark.parametrize("kind,scheme", [("llama", "rtn4"), ("qwen2", "bf16"),
                                              ("mistral", "rtn4-sym-g64"), ("llama", "int8"),
                                              ("qwen2", "w8a8")])

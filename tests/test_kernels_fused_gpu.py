@@ -29,6 +29,8 @@ from unittest import mock
 import pytest
 import torch
 
+from triton_interp import INTERPRETER_MARKS
+
 try:   # plain `kernels` first: `optimizer/__init__` pulls in importers the GPU box may lack
     from kernels.activation import reference as act_ref
     from kernels.attention import reference as attn_ref
@@ -45,7 +47,6 @@ except ImportError:
     PKG = "optimizer.kernels"
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-5}
 NAN = float("nan")
 
@@ -368,36 +369,8 @@ class TestGPU:
 
 # ---- Triton interpreter (CPU) ------------------------------------------------------------
 
-def _interpreter_problem() -> str | None:
-    """Why the interpreter cannot run runtime-bounded loops here (Triton 3.6 with numpy >=
-    2.3 fails on them: use numpy 2.2), or None."""
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def _loop(o_ptr, n):
-        acc = 0
-        for i in range(0, n):
-            acc += i
-        tl.store(o_ptr, acc)
-
-    try:
-        _loop[(1,)](torch.zeros(1, dtype=torch.int32), 4)
-    except Exception as e:
-        return f"the Triton interpreter fails on runtime loop bounds here ({e!r:.80})"
-    return None
-
-
 class TestInterpreter:
-    pytestmark = [pytest.mark.skipif(torch.cuda.is_available(), reason="GPU: TestGPU runs"),
-                  pytest.mark.skipif(not (HAS_TRITON and INTERPRET),
-                                     reason="needs triton and TRITON_INTERPRET=1")]
-
-    @pytest.fixture(autouse=True)
-    def _usable(self) -> None:
-        problem = _interpreter_problem()
-        if problem:
-            pytest.skip(problem)
+    pytestmark = INTERPRETER_MARKS
 
     @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
     @pytest.mark.parametrize("t,h", [(3, 576), (2, 4096), (5, 1000)])

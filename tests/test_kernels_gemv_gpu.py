@@ -13,10 +13,11 @@ import os
 import pytest
 import torch
 
+from triton_interp import INTERPRETER_MARKS
+
 from optimizer.kernels.gemv.reference import gemv as gemv_ref
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 
@@ -82,9 +83,9 @@ class TestGPU:
             assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-2
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="GPU: TestGPU runs")
-@pytest.mark.skipif(not (HAS_TRITON and INTERPRET), reason="needs triton and TRITON_INTERPRET=1")
 class TestInterpreter:
+    pytestmark = INTERPRETER_MARKS
+
     @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
     @pytest.mark.parametrize("n,k", [(64, 1024), (13, 520), (9, 72)])
     def test_gemv(self, n: int, k: int, dtype: torch.dtype) -> None:

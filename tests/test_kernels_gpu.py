@@ -22,6 +22,8 @@ import os
 import pytest
 import torch
 
+from triton_interp import INTERPRETER_MARKS
+
 try:   # plain `kernels` first: `optimizer/__init__` pulls in importers the GPU box may lack
     from kernels.qlinear.reference import dequantize as qlinear_dequantize
     from kernels.qlinear.reference import pack_bits
@@ -32,7 +34,6 @@ except ImportError:
     from optimizer.kernels.w4a16 import layout, reference
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
-INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 
@@ -291,28 +292,6 @@ class TestGPU:
 
 # ---- Triton interpreter (CPU) ------------------------------------------------------------
 
-def _interpreter_problem() -> str | None:
-    """Why the interpreter cannot run these kernels here, or None."""
-    if not (HAS_TRITON and INTERPRET):
-        return "needs triton and TRITON_INTERPRET=1"
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def _loop(o_ptr, n):
-        acc = 0
-        for i in range(0, n):
-            acc += i
-        tl.store(o_ptr, acc)
-
-    try:
-        o = torch.zeros(1, dtype=torch.int32)
-        _loop[(1,)](o, 4)
-    except Exception as e:   # Triton 3.6's interpreter with numpy >= 2.3: loop bounds fail
-        return f"the Triton interpreter fails on runtime loop bounds here ({e!r:.80})"
-    return None
-
-
 INTERP_CASES = [   # m, n, k, group, act_order, bias, (block_m, block_n, split, factored, gather)
     (3, 48, 256, 128, False, False, (16, 32, 1, True, True)),
     (3, 48, 576, 128, True, True, (16, 64, 2, True, False)),
@@ -328,15 +307,7 @@ INTERP_CASES = [   # m, n, k, group, act_order, bias, (block_m, block_n, split, 
 
 
 class TestInterpreter:
-    pytestmark = [pytest.mark.skipif(torch.cuda.is_available(), reason="GPU: TestGPU runs"),
-                  pytest.mark.skipif(not (HAS_TRITON and INTERPRET),
-                                     reason="needs triton and TRITON_INTERPRET=1")]
-
-    @pytest.fixture(autouse=True)
-    def _usable(self) -> None:
-        problem = _interpreter_problem()
-        if problem:
-            pytest.skip(problem)
+    pytestmark = INTERPRETER_MARKS
 
     @pytest.mark.parametrize("m,n,k,group,act_order,bias,c", INTERP_CASES)
     def test_fused_fp16(self, m, n, k, group, act_order, bias, c) -> None:

@@ -29,6 +29,8 @@ import os
 import pytest
 import torch
 
+from triton_interp import INTERPRETER_MARKS
+
 try:   # plain `kernels` first: `optimizer/__init__` pulls in importers the GPU box may lack
     from kernels.qlinear.reference import dequantize as qlinear_dequantize
     from kernels.w8a8 import layout as w8a8_layout
@@ -389,28 +391,6 @@ class TestGPU:
 
 # ---- Triton interpreter (CPU) ------------------------------------------------------------
 
-def _interpreter_problem() -> str | None:
-    """Why the interpreter cannot run these kernels here, or None."""
-    if not (HAS_TRITON and INTERPRET):
-        return "needs triton and TRITON_INTERPRET=1"
-    import triton
-    import triton.language as tl
-
-    @triton.jit
-    def _loop(o_ptr, n):
-        acc = 0
-        for i in range(0, n):
-            acc += i
-        tl.store(o_ptr, acc)
-
-    try:
-        o = torch.zeros(1, dtype=torch.int32)
-        _loop[(1,)](o, 4)
-    except Exception as e:   # Triton 3.6's interpreter with numpy >= 2.3: loop bounds fail
-        return f"the Triton interpreter fails on runtime loop bounds here ({e!r:.80})"
-    return None
-
-
 W8A16_INTERP = [   # m, n, k, group, sym, act_order, bias, dtype, config kwargs
     (3, 48, 576, 128, False, False, True, torch.float16, dict(block_n=32, split_k=2)),
     (1, 48, 576, 0, True, False, True, torch.float16, dict(block_n=32)),
@@ -440,15 +420,7 @@ W8A8_INTERP = [   # m, n, k, bias, dtype, config kwargs
 
 
 class TestInterpreter:
-    pytestmark = [pytest.mark.skipif(torch.cuda.is_available(), reason="GPU: TestGPU runs"),
-                  pytest.mark.skipif(not (HAS_TRITON and INTERPRET),
-                                     reason="needs triton and TRITON_INTERPRET=1")]
-
-    @pytest.fixture(autouse=True)
-    def _usable(self) -> None:
-        problem = _interpreter_problem()
-        if problem:
-            pytest.skip(problem)
+    pytestmark = INTERPRETER_MARKS
 
     @pytest.mark.parametrize("m,n,k,group,sym,act_order,bias,dtype,c", W8A16_INTERP)
     def test_w8a16_fused(self, m, n, k, group, sym, act_order, bias, dtype, c) -> None:
