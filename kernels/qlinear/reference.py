@@ -36,7 +36,7 @@ def pack_bits(q: torch.Tensor, bits: int) -> torch.Tensor:
 def unpack_bits(packed: torch.Tensor, bits: int, k: int) -> torch.Tensor:
     """Inverse of `pack_bits`: uint8 [N, ceil(K*bits/8)] -> int64 [N, K]."""
     if bits == 8:
-        return packed.to(torch.int64)
+        return packed[:, :k].to(torch.int64)
     if bits == 4:
         p = packed.to(torch.int64)
         return torch.stack([p & 15, p >> 4], dim=-1).reshape(p.shape[0], -1)[:, :k]
@@ -68,3 +68,13 @@ def qlinear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     """x: [T, K] -> [T, N] = x @ dequantize(...).T + bias."""
     w = dequantize(qweight, scales, zeros, g_idx, bits, group_size, x.shape[-1])
     return torch.nn.functional.linear(x, w.to(x.dtype), bias)
+
+
+def qlinear_f64(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                zeros: torch.Tensor | None, g_idx: torch.Tensor | None,
+                bias: torch.Tensor | None, bits: int, group_size: int) -> torch.Tensor:
+    """Float64 [..., N] = x @ W^T + bias with W exact (as dequantized in float32); the
+    yardstick of the kernel tests."""
+    w = dequantize(qweight, scales, zeros, g_idx, bits, group_size, x.shape[-1]).double()
+    y = x.double() @ w.T
+    return y + bias.double() if bias is not None else y

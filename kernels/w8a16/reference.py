@@ -10,37 +10,28 @@ from __future__ import annotations
 
 import torch
 
+from ..qlinear import reference as qlinear_ref
+
+BITS = 8
+
 
 def dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                g_idx: torch.Tensor | None, group_size: int, k: int,
                dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """[N, K] weight in ``dtype``, computed in float32 ((q - z) * s), then rounded once."""
-    q = qweight[:, :k].float()                                       # [N, K]
-    dev = q.device
-    if g_idx is not None:
-        g = g_idx.to(device=dev, dtype=torch.int64)
-    elif group_size > 0:
-        g = torch.arange(k, device=dev) // group_size
-    else:
-        g = torch.zeros(k, dtype=torch.int64, device=dev)
-    s = scales.to(dev).float()[:, g]                                 # [N, K]
-    z = zeros.to(dev).float()[:, g] if zeros is not None else 128.0
-    w = (q - z) * s
-    return w if dtype == torch.float32 else w.to(dtype)
+    return qlinear_ref.dequantize(qweight, scales, zeros, g_idx, BITS, group_size, k).to(dtype)
 
 
 def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                  zeros: torch.Tensor | None, g_idx: torch.Tensor | None,
                  bias: torch.Tensor | None, group_size: int) -> torch.Tensor:
     """x [..., K] (bf16/fp16) -> [..., N] in x.dtype: dequantize to x.dtype, then matmul."""
-    w = dequantize(qweight, scales, zeros, g_idx, group_size, x.shape[-1], x.dtype)
-    return torch.nn.functional.linear(x, w, None if bias is None else bias.to(x.dtype))
+    return qlinear_ref.qlinear(x, qweight, scales, zeros, g_idx,
+                               None if bias is None else bias.to(x.dtype), BITS, group_size)
 
 
 def w8a16_linear_f64(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                      zeros: torch.Tensor | None, g_idx: torch.Tensor | None,
                      bias: torch.Tensor | None, group_size: int) -> torch.Tensor:
     """Float64 [..., N] = x @ W^T + bias with W exact (as dequantized in float32); for tests."""
-    w = dequantize(qweight, scales, zeros, g_idx, group_size, x.shape[-1]).double()
-    y = x.double() @ w.T
-    return y + bias.double() if bias is not None else y
+    return qlinear_ref.qlinear_f64(x, qweight, scales, zeros, g_idx, bias, BITS, group_size)
