@@ -21,14 +21,13 @@ bf16 toward zero, which the bf16 tolerance covers).
 from __future__ import annotations
 
 import contextlib
-import importlib
 import importlib.util
-import os
 from unittest import mock
 
 import pytest
 import torch
 
+from kernel_cases import fresh_seed, kernel
 from triton_interp import INTERPRETER_MARKS
 
 try:   # plain `kernels` first: `optimizer/__init__` pulls in importers the GPU box may lack
@@ -37,27 +36,16 @@ try:   # plain `kernels` first: `optimizer/__init__` pulls in importers the GPU 
     from kernels.attention.kv_cache import cache_write
     from kernels.rms_norm import reference as norm_ref
     from kernels.rope import reference as rope_ref
-    PKG = "kernels"
 except ImportError:
     from optimizer.kernels.activation import reference as act_ref
     from optimizer.kernels.attention import reference as attn_ref
     from optimizer.kernels.attention.kv_cache import cache_write
     from optimizer.kernels.rms_norm import reference as norm_ref
     from optimizer.kernels.rope import reference as rope_ref
-    PKG = "optimizer.kernels"
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-5}
 NAN = float("nan")
-
-
-def _kernel(name: str):
-    """The Triton module ``name`` (e.g. "rms_norm.triton_rms_norm"), imported on use."""
-    return importlib.import_module(f"{PKG}.{name}")
-
-
-def _seed() -> int:
-    return int.from_bytes(os.urandom(4), "little")
 
 
 def _gen(seed: int, device: str) -> torch.Generator:
@@ -78,8 +66,8 @@ def _check(y: torch.Tensor, ref: torch.Tensor, dtype: torch.dtype, what: str) ->
 
 def check_rms_norm(t: int, h: int, dtype: torch.dtype, device: str, *, residual: bool,
                    w_dtype: torch.dtype | None = None, in_place: bool = False) -> None:
-    k = _kernel("rms_norm.triton_rms_norm")
-    seed = _seed()
+    k = kernel("rms_norm.triton_rms_norm")
+    seed = fresh_seed()
     gen = _gen(seed, device)
     what = f"seed={seed} t={t} h={h} {dtype} w={w_dtype} residual={residual} inplace={in_place}"
     x = _randn((t, h), gen, device, dtype, 2.0, 0.3)
@@ -102,8 +90,8 @@ def check_rms_norm(t: int, h: int, dtype: torch.dtype, device: str, *, residual:
 
 
 def check_silu_mul(t: int, f: int, dtype: torch.dtype, device: str) -> None:
-    k = _kernel("activation.triton_silu_mul")
-    seed = _seed()
+    k = kernel("activation.triton_silu_mul")
+    seed = fresh_seed()
     x = _randn((t, 2 * f), _gen(seed, device), device, dtype, 3.0, 0.1)
     y = torch.full((t, f), NAN, dtype=dtype, device=device)
     k.silu_mul(x, out=y)
@@ -117,8 +105,8 @@ LLAMA3 = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
 def check_rope(t: int, hq: int, hk: int, d: int, dtype: torch.dtype, device: str, *,
                qk: bool = True, max_pos: int = 8192, pos_dtype=torch.int64,
                scaling=None, theta: float = 500000.0, in_place: bool = False) -> None:
-    k = _kernel("rope.triton_rope")
-    seed = _seed()
+    k = kernel("rope.triton_rope")
+    seed = fresh_seed()
     gen = _gen(seed, device)
     what = (f"seed={seed} t={t} hq={hq} hk={hk} d={d} {dtype} qk={qk} max_pos={max_pos} "
             f"{pos_dtype} scaling={scaling} inplace={in_place}")
@@ -146,8 +134,8 @@ def check_rope_cache(b: int, hq: int, hk: int, d: int, s_max: int, dtype: torch.
                      device: str) -> None:
     """rope_qk_cache against the float64 reference: q within the dtype's tolerance, the
     written k rows likewise, the v rows copied exactly, every other cache row untouched."""
-    k = _kernel("rope.triton_rope")
-    seed = _seed()
+    k = kernel("rope.triton_rope")
+    seed = fresh_seed()
     gen = _gen(seed, device)
     what = f"seed={seed} b={b} hq={hq} hk={hk} d={d} s_max={s_max} {dtype}"
     x = _randn((b, (hq + 2 * hk) * d), gen, device, dtype, 1.0, 0.2)
@@ -186,8 +174,8 @@ def check_decode(b: int, hq: int, hk: int, d: int, s_max: int, dtype: torch.dtyp
                  lengths: list[int] | None = None, **kw) -> None:
     """Ragged random lengths (forced ones, if given, first); the cache rows the kernel must
     not read (past the length, before the window) are NaN in its copy of the cache."""
-    k = _kernel("attention.triton_decode")
-    seed = _seed()
+    k = kernel("attention.triton_decode")
+    seed = fresh_seed()
     gen = _gen(seed, device)
     lens = list(lengths or [])
     lens += torch.randint(1, s_max + 1, (b - len(lens),), generator=gen,
@@ -332,9 +320,9 @@ class TestGPU:
     def test_decode_cuda_graph(self) -> None:
         """cache_write + decode_attention captured once, replayed with new lengths and k/v
         (the grid depends only on shapes; no host syncs inside)."""
-        td = _kernel("attention.triton_decode")
+        td = kernel("attention.triton_decode")
         b, s_max, hq, hk, d = 4, 2048, 32, 8, 128
-        seed = _seed()
+        seed = fresh_seed()
         gen = _gen(seed, "cuda")
         q = _randn((b, hq * d), gen, "cuda", torch.bfloat16)
         kc = _randn((b, s_max, hk, d), gen, "cuda", torch.bfloat16)

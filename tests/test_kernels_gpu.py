@@ -16,54 +16,27 @@ GPU run from the repo root: ``PYTHONPATH=. pytest -q tests/test_kernels_gpu.py``
 
 from __future__ import annotations
 
+import functools
 import importlib.util
-import os
 
 import pytest
 import torch
 
+from kernel_cases import fresh_seed, kernel, random_weight
 from triton_interp import INTERPRETER_MARKS
 
 try:   # plain `kernels` first: `optimizer/__init__` pulls in importers the GPU box may lack
     from kernels.qlinear.reference import dequantize as qlinear_dequantize
-    from kernels.qlinear.reference import pack_bits
     from kernels.w4a16 import layout, reference
 except ImportError:
     from optimizer.kernels.qlinear.reference import dequantize as qlinear_dequantize
-    from optimizer.kernels.qlinear.reference import pack_bits
     from optimizer.kernels.w4a16 import layout, reference
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
 
 
-def _triton_gemm():
-    try:
-        from kernels.w4a16 import triton_gemm
-    except ImportError:
-        from optimizer.kernels.w4a16 import triton_gemm
-    return triton_gemm
-
-
-def _seed() -> int:
-    return int.from_bytes(os.urandom(4), "little")
-
-
-def random_w4(n: int, k: int, group: int, sym: bool, act_order: bool, seed: int,
-              device: str = "cpu") -> tuple[torch.Tensor, ...]:
-    """Storage tensors (qweight, scales, zeros, g_idx) of a random 4-bit linear [N, K]."""
-    gen = torch.Generator().manual_seed(seed)
-    groups = -(-k // group) if group > 0 else 1
-    codes = torch.randint(0, 16, (n, k), generator=gen)
-    scales = (torch.rand(n, groups, generator=gen) * 0.02 + 0.002).half()
-    zeros = None if sym else torch.randint(0, 16, (n, groups), generator=gen).to(torch.uint8)
-    g_idx = None
-    if act_order:   # GPTQ desc_act: groups follow a permutation of the input channels
-        perm = torch.randperm(k, generator=gen)
-        g_idx = torch.empty(k, dtype=torch.int64)
-        g_idx[perm] = torch.arange(k) // group
-    out = (pack_bits(codes, 4), scales, zeros, g_idx)
-    return tuple(t.to(device) if t is not None else None for t in out)
+random_w4 = functools.partial(random_weight, 4)
 
 
 # ---- layout (CPU, every CI run) ----------------------------------------------------------
@@ -82,7 +55,7 @@ LAYOUT_CASES = [   # n, k, group, sym, act_order
 @pytest.mark.parametrize("n,k,group,sym,act_order", LAYOUT_CASES)
 def test_layout_dequantizes_exactly(n: int, k: int, group: int, sym: bool,
                                     act_order: bool) -> None:
-    seed = _seed()
+    seed = fresh_seed()
     qw, s, z, g = random_w4(n, k, group, sym, act_order, seed)
     want = qlinear_dequantize(qw, s, z, g, 4, group, k)             # float32 [N, K]
     p = layout.prepare(qw, s, z, g, group, k)
@@ -100,7 +73,7 @@ def test_layout_dequantizes_exactly(n: int, k: int, group: int, sym: bool,
 def test_layout_padding_rows_are_zero_weights() -> None:
     """Act-order, K=576, group 128: groups 0-3 fill their 128 rows, group 4 has 64 members,
     so layout rows [576, 640) are padding and must hold the zero point (weight exactly 0)."""
-    qw, s, z, g = random_w4(16, 576, 128, False, True, _seed())
+    qw, s, z, g = random_w4(16, 576, 128, False, True, fresh_seed())
     p = layout.prepare(qw, s, z, g, 128, 576)
     q = layout.layout_codes(p)                                       # [KP, N]
     _, zeros = layout.scales_zeros(p)
@@ -127,7 +100,7 @@ def test_layout_word_order_hand_worked() -> None:
 
 
 def test_reference_linear_matches_float64() -> None:
-    seed = _seed()
+    seed = fresh_seed()
     qw, s, z, g = random_w4(64, 320, 64, False, True, seed)
     x = torch.randn(5, 320, generator=torch.Generator().manual_seed(seed)).bfloat16()
     bias = torch.randn(64).bfloat16()
@@ -144,8 +117,8 @@ def run_check(m: int, n: int, k: int, group: int, *, sym: bool = False,
               device: str = "cuda", config=None, path: str = "auto",
               x_scale: float = 1.0) -> torch.Tensor:
     """One launch of w4a16_linear on fresh random inputs, checked against float64."""
-    tg = _triton_gemm()
-    seed = _seed()
+    tg = kernel("w4a16.triton_gemm")
+    seed = fresh_seed()
     qw, s, z, g = random_w4(n, k, group, sym, act_order, seed, device)
     p = layout.prepare(qw, s, z, g, group, k)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -201,7 +174,7 @@ class TestGPU:
     @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
     def test_every_path(self, m: int, variant: str, dtype: torch.dtype) -> None:
         """Each kernel variant on ragged sizes (N, M not tile multiples), act-order, bias."""
-        tg = _triton_gemm()
+        tg = kernel("w4a16.triton_gemm")
         cfgs = {"factored": tg.GemmConfig(16, 64, 1, factored=True),
                 "factored-split3": tg.GemmConfig(32, 128, 3, factored=True),
                 "dequant": tg.GemmConfig(64, 64, 1, factored=False),
@@ -224,15 +197,15 @@ class TestGPU:
     def test_group_sizes_per_tile(self, group: int, factored: bool) -> None:
         """Groups smaller than a 128-row block (several per block) and larger (one group
         over two blocks), K not a multiple of the group (padding groups)."""
-        tg = _triton_gemm()
+        tg = kernel("w4a16.triton_gemm")
         run_check(7, 320, 1000, group, config=tg.GemmConfig(16, 64, 2, factored=factored))
         run_check(40, 320, 1000, group, dtype=torch.float16,
                   config=tg.GemmConfig(64, 128, 1, factored=factored))
 
     def test_split_k_deterministic(self) -> None:
         """The split-K reduction runs in a fixed order: equal inputs give equal bits."""
-        tg = _triton_gemm()
-        qw, s, z, g = random_w4(4096, 4096, 128, False, False, _seed(), "cuda")
+        tg = kernel("w4a16.triton_gemm")
+        qw, s, z, g = random_w4(4096, 4096, 128, False, False, fresh_seed(), "cuda")
         p = layout.prepare(qw, s, z, g, 128, 4096)
         x = torch.randn(4, 4096, device="cuda").bfloat16()
         cfg = tg.GemmConfig(16, 64, 8, factored=True)
@@ -247,8 +220,8 @@ class TestGPU:
 
     def test_cuda_graph_capture(self) -> None:
         """Capturable: replaying a captured call on new x gives the new product."""
-        tg = _triton_gemm()
-        qw, s, z, g = random_w4(4096, 4096, 128, False, True, _seed(), "cuda")
+        tg = kernel("w4a16.triton_gemm")
+        qw, s, z, g = random_w4(4096, 4096, 128, False, True, fresh_seed(), "cuda")
         p = layout.prepare(qw, s, z, g, 128, 4096)
         for m in (1, 16, 128, 512):
             x = torch.randn(m, 4096, device="cuda").bfloat16()
@@ -270,8 +243,8 @@ class TestGPU:
     @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
     def test_dequantize_t_exact(self, dtype: torch.dtype) -> None:
         """The cuBLAS path's W^T: (q - z) * s in float32, rounded once to nearest."""
-        tg = _triton_gemm()
-        qw, s, z, g = random_w4(1000, 576, 64, False, True, _seed(), "cuda")
+        tg = kernel("w4a16.triton_gemm")
+        qw, s, z, g = random_w4(1000, 576, 64, False, True, fresh_seed(), "cuda")
         p = layout.prepare(qw, s, z, g, 64, 576)
         wt = tg.dequantize_t(p, dtype)                               # [KP, N]
         q = layout.layout_codes(p).float()
@@ -280,8 +253,8 @@ class TestGPU:
         assert torch.equal(wt, ((q - zz.float()[rg]) * sc.float()[rg]).to(dtype))
 
     def test_3d_input(self) -> None:
-        tg = _triton_gemm()
-        qw, s, z, g = random_w4(256, 512, 128, False, False, _seed(), "cuda")
+        tg = kernel("w4a16.triton_gemm")
+        qw, s, z, g = random_w4(256, 512, 128, False, False, fresh_seed(), "cuda")
         p = layout.prepare(qw, s, z, g, 128, 512)
         x = torch.randn(2, 3, 512, device="cuda").bfloat16()
         y = tg.w4a16_linear(x, p)
@@ -311,7 +284,7 @@ class TestInterpreter:
 
     @pytest.mark.parametrize("m,n,k,group,act_order,bias,c", INTERP_CASES)
     def test_fused_fp16(self, m, n, k, group, act_order, bias, c) -> None:
-        tg = _triton_gemm()
+        tg = kernel("w4a16.triton_gemm")
         cfg = tg.GemmConfig(c[0], c[1], c[2], factored=c[3],
                             gather=c[4] if len(c) > 4 else True)
         run_check(m, n, k, group, act_order=act_order, bias=bias, dtype=torch.float16,
@@ -319,8 +292,8 @@ class TestInterpreter:
 
     @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
     def test_dequantize_t(self, dtype: torch.dtype) -> None:
-        tg = _triton_gemm()
-        qw, s, z, g = random_w4(40, 576, 128, False, True, _seed())
+        tg = kernel("w4a16.triton_gemm")
+        qw, s, z, g = random_w4(40, 576, 128, False, True, fresh_seed())
         p = layout.prepare(qw, s, z, g, 128, 576)
         wt = tg.dequantize_t(p, dtype)                               # [KP, N], layout rows
         q = layout.layout_codes(p).float()
@@ -341,13 +314,13 @@ class TestInterpreter:
     def test_picked_configs(self, m: int, k: int, n: int) -> None:
         """Every configuration pick_config chooses for the Llama-3-8B shapes, run on a small
         ragged problem (act-order, bias) so the interpreter stays quick."""
-        tg = _triton_gemm()
+        tg = kernel("w4a16.triton_gemm")
         cfg = tg.pick_config(m, n, k)
         run_check(min(m, 20), 200, 320, 64, act_order=True, bias=True, dtype=torch.float16,
                   device="cpu", config=cfg)
 
     def test_cublas_chunks(self) -> None:
-        tg = _triton_gemm()
+        tg = kernel("w4a16.triton_gemm")
         run_check(5, 300, 192, 32, act_order=False, bias=True, device="cpu",
                   config=tg.CublasConfig(128))
 

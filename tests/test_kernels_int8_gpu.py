@@ -23,12 +23,14 @@ GPU run from the repo root: ``PYTHONPATH=. pytest -q tests/test_kernels_int8_gpu
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
 import pytest
 import torch
 
+from kernel_cases import fresh_seed, kernel, random_weight
 from triton_interp import INTERPRETER_MARKS
 
 try:   # plain `kernels` first: `optimizer/__init__` pulls in importers the GPU box may lack
@@ -48,41 +50,7 @@ TOL = {torch.bfloat16: 1e-2, torch.float16: 1e-3}
 UNIT = {torch.bfloat16: 2.0 ** -8, torch.float16: 2.0 ** -11, torch.float32: 2.0 ** -24}
 
 
-def _w8a16_gemm():
-    try:
-        from kernels.w8a16 import triton_gemm
-    except ImportError:
-        from optimizer.kernels.w8a16 import triton_gemm
-    return triton_gemm
-
-
-def _w8a8_gemm():
-    try:
-        from kernels.w8a8 import triton_gemm
-    except ImportError:
-        from optimizer.kernels.w8a8 import triton_gemm
-    return triton_gemm
-
-
-def _seed() -> int:
-    return int.from_bytes(os.urandom(4), "little")
-
-
-def random_w8(n: int, k: int, group: int, sym: bool, act_order: bool, seed: int,
-              device: str = "cpu") -> tuple[torch.Tensor | None, ...]:
-    """Storage tensors (qweight, scales, zeros, g_idx) of a random 8-bit linear [N, K]."""
-    gen = torch.Generator().manual_seed(seed)
-    groups = -(-k // group) if group > 0 else 1
-    codes = torch.randint(0, 256, (n, k), generator=gen).to(torch.uint8)
-    scales = (torch.rand(n, groups, generator=gen) * 0.002 + 0.0002).half()
-    zeros = None if sym else torch.randint(0, 256, (n, groups), generator=gen).to(torch.uint8)
-    g_idx = None
-    if act_order:   # GPTQ desc_act: groups follow a permutation of the input channels
-        perm = torch.randperm(k, generator=gen)
-        g_idx = torch.empty(k, dtype=torch.int64)
-        g_idx[perm] = torch.arange(k) // group
-    out = (codes, scales, zeros, g_idx)
-    return tuple(t.to(device) if t is not None else None for t in out)
+random_w8 = functools.partial(random_weight, 8)
 
 
 def random_w8a8(n: int, k: int, seed: int, device: str = "cpu") -> tuple[torch.Tensor, ...]:
@@ -110,7 +78,7 @@ LAYOUT_CASES = [   # n, k, group, sym, act_order
 @pytest.mark.parametrize("n,k,group,sym,act_order", LAYOUT_CASES)
 def test_w8a16_layout_dequantizes_exactly(n: int, k: int, group: int, sym: bool,
                                           act_order: bool) -> None:
-    seed = _seed()
+    seed = fresh_seed()
     qw, s, z, g = random_w8(n, k, group, sym, act_order, seed)
     want = qlinear_dequantize(qw, s, z, g, 8, group, k)             # float32 [N, K]
     p = layout.prepare(qw, s, z, g, group, k)
@@ -131,7 +99,7 @@ def test_w8a16_layout_dequantizes_exactly(n: int, k: int, group: int, sym: bool,
 @pytest.mark.parametrize("group,sym", [(0, True), (128, False), (64, True)])
 def test_w8a16_in_order_storage_passes_through(group: int, sym: bool) -> None:
     """Channels in order: the layout is the stored tensors themselves (no copy, no repack)."""
-    qw, s, z, _ = random_w8(64, 576, group, sym, False, _seed())
+    qw, s, z, _ = random_w8(64, 576, group, sym, False, fresh_seed())
     views = {"qweight": qw, "scales": s} | ({} if z is None else {"zeros": z})
     p = layout.runtime_view(views, group, 576)
     for role, t in views.items():
@@ -143,7 +111,7 @@ def test_w8a16_in_order_storage_passes_through(group: int, sym: bool) -> None:
 def test_w8a16_regrouped_padding_is_zero_weight() -> None:
     """Act-order, K=576, group 128: the fifth group has 64 members, so layout rows [576, 640)
     are padding: perm holds K there and the codes the zero point (weight exactly 0)."""
-    qw, s, z, g = random_w8(16, 576, 128, False, True, _seed())
+    qw, s, z, g = random_w8(16, 576, 128, False, True, fresh_seed())
     p = layout.prepare(qw, s, z, g, 128, 576)
     assert p["qweight"].shape == (16, 640) and p["perm"].dtype == torch.int32
     assert torch.equal(p["perm"][576:], torch.full((64,), 576, dtype=torch.int32))
@@ -155,7 +123,7 @@ def test_w8a16_regrouped_padding_is_zero_weight() -> None:
 
 
 def test_w8a16_layout_rejects_bad_storage() -> None:
-    qw, s, z, _ = random_w8(8, 256, 128, False, False, _seed())
+    qw, s, z, _ = random_w8(8, 256, 128, False, False, fresh_seed())
     with pytest.raises(ValueError, match="qweight"):
         layout.prepare(qw.to(torch.int8), s, z, None, 128, 256)
     with pytest.raises(ValueError, match="scales"):
@@ -165,7 +133,7 @@ def test_w8a16_layout_rejects_bad_storage() -> None:
 
 
 def test_w8a16_reference_matches_float64() -> None:
-    seed = _seed()
+    seed = fresh_seed()
     qw, s, z, g = random_w8(64, 320, 64, False, True, seed)
     x = torch.randn(5, 320, generator=torch.Generator().manual_seed(seed)).bfloat16()
     bias = torch.randn(64).bfloat16()
@@ -176,7 +144,7 @@ def test_w8a16_reference_matches_float64() -> None:
 
 
 def test_w8a8_layout_passes_through() -> None:
-    w, s = random_w8a8(40, 576, _seed())
+    w, s = random_w8a8(40, 576, fresh_seed())
     p = w8a8_layout.runtime_view({"qweight": w, "scales": s})
     assert p["qweight"].data_ptr() == w.data_ptr() and p["scales"].data_ptr() == s.data_ptr()
     assert torch.equal(w8a8_layout.dequantize(p, 576), w.float() * s[:, None])
@@ -187,7 +155,7 @@ def test_w8a8_layout_passes_through() -> None:
 
 
 def test_w8a8_reference_f64_agrees() -> None:
-    seed = _seed()
+    seed = fresh_seed()
     w, s = random_w8a8(64, 576, seed)
     x = torch.randn(7, 576, generator=torch.Generator().manual_seed(seed))
     b = torch.randn(64)
@@ -202,8 +170,8 @@ def check_w8a16(m: int, n: int, k: int, group: int, *, sym: bool = False,
                 dtype: torch.dtype = torch.bfloat16, device: str = "cuda", config=None,
                 path: str = "auto") -> torch.Tensor:
     """One w8a16_linear call on fresh random inputs, checked against float64."""
-    tg = _w8a16_gemm()
-    seed = _seed()
+    tg = kernel("w8a16.triton_gemm")
+    seed = fresh_seed()
     qw, s, z, g = random_w8(n, k, group, sym, act_order, seed, device)
     p = layout.prepare(qw, s, z, g, group, k)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -226,8 +194,8 @@ def check_w8a8(m: int, n: int, k: int, *, bias: bool = False,
                path: str = "auto", zero_row: bool = False) -> torch.Tensor:
     """One w8a8_linear call on fresh random inputs: exact quantized activations, outputs
     within float rounding of float64 (see the module docstring)."""
-    tg = _w8a8_gemm()
-    seed = _seed()
+    tg = kernel("w8a8.triton_gemm")
+    seed = fresh_seed()
     w, s = random_w8a8(n, k, seed, device)
     p = w8a8_layout.prepare(w, s)
     gen = torch.Generator(device=device).manual_seed(seed)
@@ -302,7 +270,7 @@ class TestGPU:
                               group: int) -> None:
         """Each kernel variant on ragged sizes (N, M not tile multiples; group 0 with K = 1000,
         not a multiple of 32: masked K tails), bias, act-order for group 64."""
-        tg = _w8a16_gemm()
+        tg = kernel("w8a16.triton_gemm")
         C = tg.GemmConfig
         cfgs = {"fac": C(16, 64, 128), "fac-split3": C(32, 128, 128, split_k=3),
                 "deq": C(64, 64, 64, factored=False),
@@ -318,8 +286,8 @@ class TestGPU:
                     config=cfgs.get(variant), path="cublas" if variant == "cublas" else "fused")
 
     def test_w8a16_split_k_deterministic(self) -> None:
-        tg = _w8a16_gemm()
-        qw, s, z, g = random_w8(4096, 4096, 128, False, False, _seed(), "cuda")
+        tg = kernel("w8a16.triton_gemm")
+        qw, s, z, g = random_w8(4096, 4096, 128, False, False, fresh_seed(), "cuda")
         p = layout.prepare(qw, s, z, g, 128, 4096)
         x = torch.randn(4, 4096, device="cuda").bfloat16()
         for cfg in (tg.GemmConfig(16, 64, 128, 8), tg.GemmConfig(16, 64, 128, 8, kernel="gemv")):
@@ -328,8 +296,8 @@ class TestGPU:
             assert int(p["locks"].abs().sum()) == 0                 # counters left at zero
 
     def test_w8a16_3d_input(self) -> None:
-        tg = _w8a16_gemm()
-        qw, s, z, g = random_w8(256, 512, 0, True, False, _seed(), "cuda")
+        tg = kernel("w8a16.triton_gemm")
+        qw, s, z, g = random_w8(256, 512, 0, True, False, fresh_seed(), "cuda")
         p = layout.prepare(qw, s, z, g, 0, 512)
         x = torch.randn(2, 3, 512, device="cuda").bfloat16()
         y = tg.w8a16_linear(x, p)
@@ -340,8 +308,8 @@ class TestGPU:
     @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
     def test_w8a16_dequantize_w_exact(self, dtype: torch.dtype) -> None:
         """The cuBLAS path's W: (q - z) * s in float32, rounded once to nearest."""
-        tg = _w8a16_gemm()
-        qw, s, z, g = random_w8(1000, 576, 64, False, True, _seed(), "cuda")
+        tg = kernel("w8a16.triton_gemm")
+        qw, s, z, g = random_w8(1000, 576, 64, False, True, fresh_seed(), "cuda")
         p = layout.prepare(qw, s, z, g, 64, 576)
         want = reference.dequantize(qw, s, z, g, 64, 576)
         assert torch.equal(tg.dequantize_w(p, 576, dtype), want.to(dtype))
@@ -360,7 +328,7 @@ class TestGPU:
     def test_w8a8_every_path(self, m: int, dtype: torch.dtype, variant: str) -> None:
         """Each kernel variant on ragged sizes (K = N = 1000: masked K tails), bias, a zero
         row; float32 x makes the bound tight enough to catch one x_q off by one."""
-        tg = _w8a8_gemm()
+        tg = kernel("w8a8.triton_gemm")
         C = tg.GemmConfig
         cfgs = {"swap": C(16, 64, 128), "swap-split3": C(32, 128, 128, 3),
                 "quant": C(16, 64, 128, quant=True), "quant-split2": C(16, 128, 64, 2,
@@ -371,8 +339,8 @@ class TestGPU:
                    path="int_mm" if variant == "int_mm" else "fused", zero_row=m > 1)
 
     def test_w8a8_split_k_deterministic(self) -> None:
-        tg = _w8a8_gemm()
-        w, s = random_w8a8(4096, 4096, _seed(), "cuda")
+        tg = kernel("w8a8.triton_gemm")
+        w, s = random_w8a8(4096, 4096, fresh_seed(), "cuda")
         p = w8a8_layout.prepare(w, s)
         x = torch.randn(4, 4096, device="cuda").bfloat16()
         cfg = tg.GemmConfig(16, 64, 128, 8)
@@ -382,7 +350,7 @@ class TestGPU:
 
     def test_w8a8_quantize_large_rows(self) -> None:
         """K beyond one quantization block (4096): the two-pass loop over K."""
-        tg = _w8a8_gemm()
+        tg = kernel("w8a8.triton_gemm")
         x = torch.randn(3, 14336, device="cuda").bfloat16() * 7
         xq, sx = tg.quantize_per_token(x)
         rq, rs = w8a8_ref.quantize_per_token(x)
@@ -424,7 +392,7 @@ class TestInterpreter:
 
     @pytest.mark.parametrize("m,n,k,group,sym,act_order,bias,dtype,c", W8A16_INTERP)
     def test_w8a16_fused(self, m, n, k, group, sym, act_order, bias, dtype, c) -> None:
-        cfg = _w8a16_gemm().GemmConfig(**c)
+        cfg = kernel("w8a16.triton_gemm").GemmConfig(**c)
         check_w8a16(m, n, k, group, sym=sym, act_order=act_order, bias=bias, dtype=dtype,
                     device="cpu", config=cfg, path="fused")
 
@@ -435,14 +403,14 @@ class TestInterpreter:
 
     def test_w8a16_auto_dispatch(self) -> None:
         """Default configs (pick_config) at a decode and a prefill M, and the cuBLAS bucket."""
-        tg = _w8a16_gemm()
+        tg = kernel("w8a16.triton_gemm")
         for m in (2, 40, tg.CUBLAS_MIN_M):
             check_w8a16(m, 64, 256, 128, dtype=torch.float16, device="cpu")
 
     @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
     def test_w8a16_dequantize_w(self, dtype: torch.dtype) -> None:
-        tg = _w8a16_gemm()
-        qw, s, z, g = random_w8(40, 576, 64, False, True, _seed())
+        tg = kernel("w8a16.triton_gemm")
+        qw, s, z, g = random_w8(40, 576, 64, False, True, fresh_seed())
         p = layout.prepare(qw, s, z, g, 64, 576)
         want = reference.dequantize(qw, s, z, g, 64, 576)
         got = tg.dequantize_w(p, 576, dtype)
@@ -453,7 +421,7 @@ class TestInterpreter:
 
     @pytest.mark.parametrize("m,n,k,bias,dtype,c", W8A8_INTERP)
     def test_w8a8(self, m, n, k, bias, dtype, c) -> None:
-        cfg = _w8a8_gemm().GemmConfig(**c)
+        cfg = kernel("w8a8.triton_gemm").GemmConfig(**c)
         check_w8a8(m, n, k, bias=bias, dtype=dtype, device="cpu", config=cfg, path="fused",
                    zero_row=m > 2)
 
@@ -463,8 +431,8 @@ class TestInterpreter:
 
     def test_w8a8_quantize_ties_and_long_rows(self) -> None:
         """Exact halves (x / s = j + 0.5 round to even) and K over one block (4096)."""
-        tg = _w8a8_gemm()
-        x = torch.randn(2, 5000, generator=torch.Generator().manual_seed(_seed()))
+        tg = kernel("w8a8.triton_gemm")
+        x = torch.randn(2, 5000, generator=torch.Generator().manual_seed(fresh_seed()))
         x[:, 0] = 127.0                                   # s = 1: x / s = x exactly
         x[:, 1:9] = torch.tensor([0.5, 1.5, 2.5, -0.5, -1.5, -2.5, 126.5, -126.5])
         xq, sx = tg.quantize_per_token(x)
