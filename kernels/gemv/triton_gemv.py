@@ -1,5 +1,6 @@
-"""Float GEMV in Triton for the decode step's float projections (M = 1; bf16 artifacts and
-the bf16 lm_head of quantized ones): ``y[n] = sum_k W[n, k] x[k] (+ bias[n])``.
+"""Float GEMV in Triton for the decode step's float projections at M = 1, for the weight
+sizes where it measured faster than cuBLAS (`prefer`): ``y[n] = sum_k W[n, k] x[k] (+
+bias[n])``.
 
 Program n-tile: BN rows of W [N, K] (row-major), the whole K, in [BN, BK] tiles of 16-byte
 loads; the next tile is loaded before the current one is multiplied (two tiles in flight per
@@ -12,7 +13,7 @@ first NPF tiles of its rows in L2 (one bulk prefetch per row: W is a weight, not
 it), so the weight stream starts while the previous kernel (an RMSNorm, the attention)
 still runs. Why not cuBLAS: at M = 1 cuBLAS bf16 reaches only 55-71% of copy bandwidth on the
 8B model's o and qkv shapes on an H200 (bench/RESULTS.md). Measured in CUDA-graph chains,
-this kernel beat it on o (1.17x) and not on the larger shapes (0.94-0.99x), so `prefer`
+this kernel beat it on o (1.17x) and not on the larger shapes (0.94-1.05x), so `prefer`
 picks it by weight size.
 
 Preconditions: x [1, K] (unit stride), W [N, K] with unit stride along K and K a multiple of 8
@@ -75,7 +76,7 @@ MAX_ELEMENTS = 4096 * 4096     # W sizes where `prefer` picks this kernel over c
 def prefer(weight: torch.Tensor) -> bool:
     """Whether to use this kernel rather than cuBLAS for W (both supported): measured on an
     H200 at M = 1 (bench/RESULTS.md), ours was 1.17x cuBLAS on 4096 x 4096 (Llama-3-8B's o)
-    and 0.94-0.99x on the larger qkv, gate-up, down and lm_head shapes."""
+    and 0.94-1.05x on the larger qkv, gate-up, down and lm_head shapes."""
     return weight.shape[0] * weight.shape[1] <= MAX_ELEMENTS
 
 

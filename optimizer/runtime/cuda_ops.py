@@ -181,12 +181,14 @@ def group_nodes(nodes: list[Node]) -> list[Node]:
 
 def _rope_split_attention(nodes: list[Node], readers: dict[str, list[int]],
                           i: int) -> tuple[int, int, int] | None:
+    """(i, split, attention) indices when node i starts the group `group_nodes` fuses."""
     rope = nodes[i]
-    if rope.op != "rope_qk" or readers.get(rope.outputs[0], []) == []:
+    users = readers.get(rope.outputs[0], [])
+    if rope.op != "rope_qk" or len(users) != 1:
         return None
-    (j, *more) = readers[rope.outputs[0]]
+    j = users[0]
     split = nodes[j]
-    if more or split.op != "split" or len(split.outputs) != 3:
+    if split.op != "split" or len(split.outputs) != 3:
         return None
     users = [readers.get(v, []) for v in split.outputs]
     if any(len(u) != 1 for u in users) or len({u[0] for u in users}) != 1:
