@@ -4,8 +4,8 @@ A kernel launched with PDL may start while the kernel before it in the stream is
 running: its programs are scheduled once every program of the previous kernel has called
 ``griddepcontrol.launch_dependents`` (`release`) or exited, and ``griddepcontrol.wait``
 (`wait`) blocks until the previous kernel has finished and its writes are visible. In a
-CUDA graph of a decode step this hides most of each launch's latency (the next kernel's
-programs are resident and past their prologue when the previous one ends), and a weight
+CUDA graph of a decode step this hides part of each launch's latency (the next kernel's
+programs can be resident and past their prologue when the previous one ends), and a weight
 GEMM can stream its first weight blocks into L2 (`prefetch_l2`) before it waits: the
 weights are not written by any kernel, only the activations are.
 
@@ -16,7 +16,7 @@ stream. Kernels not launched with PDL (cuBLAS, PyTorch ops) start as usual, afte
 previous kernel has finished; `wait` is a no-op when the launch had no PDL attribute.
 
 Only for decode-sized work: a launch whose activation has more than MAX_ROWS rows (a
-prefill) goes without PDL. Decode at batch 1 gained 4-5% from PDL on an H200
+prefill) goes without PDL. Decode at batch 1 gained 2-6% from PDL on an H200
 (bench/RESULTS.md); the 512-token prefill timings (eager launches) scattered by up to 1.8x
 between runs with and without it, so no effect there was shown either way, and prefill
 keeps the plain launches.

@@ -63,11 +63,9 @@ def rope_qk_cache(x: torch.Tensor, positions: torch.Tensor, freqs: torch.Tensor,
     """The decode step's rope + cache write: x [B, (Hq + 2 Hk) D] (row b: sequence b at
     positions[b]) -> q [B, Hq D] rotated; k_cache[b, positions[b]] = rotated k heads and
     v_cache[b, positions[b]] = v heads ([>= B, S, Hk, D], positions < S)."""
+    from ..attention.kv_cache import cache_write
     b, d = x.shape[0], head_dim
     y = rope_qk(x, positions, freqs, n_heads, n_kv_heads, head_dim)
     qd, kd = n_heads * d, n_kv_heads * d
-    rows = torch.arange(b, device=x.device)
-    pos = positions.long()
-    k_cache[rows, pos] = y[:, qd:qd + kd].reshape(b, n_kv_heads, d).to(k_cache.dtype)
-    v_cache[rows, pos] = y[:, qd + kd:].reshape(b, n_kv_heads, d).to(v_cache.dtype)
+    cache_write(k_cache[:b], v_cache[:b], y[:, qd:qd + kd], y[:, qd + kd:], positions)
     return y[:, :qd].contiguous()
