@@ -36,6 +36,7 @@ from triton.testing import do_bench
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # `kernels` from the repo root
 from kernels.w4a16 import layout, reference  # noqa: E402
+from kernels.w4a16 import cuda_decode as cd  # noqa: E402
 from kernels.w4a16 import triton_gemm as tg  # noqa: E402
 
 SHAPES = {"qkv 7B": (4096, 12288), "o 7B": (4096, 4096), "gateup 7B": (4096, 22016),
@@ -95,7 +96,7 @@ class Layer:
         self.tg = (None if packed_tg is None else
                    [packed_tg] + [packed_tg.clone() for _ in range(copies(ours_bytes) - 1)])
         self.bytes = {"bf16": n * k * 2, "tinygemm": n * k // 2 + self.g * n * 4,
-                      "ours": ours_bytes}
+                      "ours": ours_bytes, "triton": ours_bytes}
 
 
 def timed(fn_of_copy, copies: list, big: bool) -> float:
@@ -150,7 +151,11 @@ def describe(c: tg.GemmConfig | tg.CublasConfig) -> str:
 
 
 def path_of(m: int, n: int, k: int) -> str:
-    return describe(tg.pick_config(m, n, k, tg.sm_count(torch.device(DEV))))
+    sms = tg.sm_count(torch.device(DEV))
+    if m <= cd.MAX_M and cd.available(torch.zeros(m, k, dtype=torch.bfloat16, device=DEV)):
+        c = cd.pick_config(m, n, k, sms)
+        return f"mma w{c.warps} u{c.inflight} s{c.split_k}"
+    return describe(tg.pick_config(m, n, k, sms))
 
 
 def bench(shapes: list[str], ms: list[int], bw: float) -> list[dict]:
@@ -177,6 +182,10 @@ def bench_shape(name: str, ms: list[int], bw: float) -> list[dict]:
              "path": path_of(m, n, k)}
         fns = {"bf16": (lambda w: x @ w.T, layer.bf16),
                "ours": (lambda p: tg.w4a16_linear(x, p), layer.ours)}
+        if m <= cd.MAX_M:      # the Triton kernel, which "auto" replaced at these M
+            r["triton_err"] = check(layer, x, tg.w4a16_linear(x, layer.ours[0], path="fused"))
+            r["ok"] = r["ok"] and r["triton_err"] < 1e-2
+            fns["triton"] = (lambda p: tg.w4a16_linear(x, p, path="fused"), layer.ours)
         if layer.tg is not None:
             fns["tinygemm"] = (lambda p: torch.ops.aten._weight_int4pack_mm(
                 x, p, GROUP, layer.sz_tg), layer.tg)
@@ -187,6 +196,8 @@ def bench_shape(name: str, ms: list[int], bw: float) -> list[dict]:
             r[f"{key}_bw_pct"] = 100 * (layer.bytes[key] + xy) / t / bw
             r[f"{key}_tflops"] = 2 * m * n * k / t / 1e12
         r["speedup_vs_bf16"] = r["bf16_us"] / r["ours_us"]
+        if "triton_us" in r:
+            r["speedup_vs_triton"] = r["triton_us"] / r["ours_us"]
         r["speedup_vs_bf16_dobench"] = r["bf16_dobench_us"] / r["ours_dobench_us"]
         if "tinygemm_us" in r:
             r["speedup_vs_tinygemm"] = r["tinygemm_us"] / r["ours_us"]
@@ -223,30 +234,34 @@ def profile(shapes: list[str], ms: list[int]) -> None:
 
 
 def markdown(rows: list[dict], bw: float) -> str:
-    head = ("| shape | M | bf16 µs | tinygemm µs | ours µs | ours do_bench µs | ours %BW "
-            "| ours TFLOP/s | vs bf16 | vs tinygemm | path | check |")
+    head = ("| shape | M | bf16 µs | tinygemm µs | triton µs | ours µs | ours do_bench µs "
+            "| ours %BW | ours TFLOP/s | vs bf16 | vs tinygemm | vs triton | path | check |")
     lines = [f"Copy bandwidth {bw / 1e12:.2f} TB/s; {torch.cuda.get_device_name()}; "
              f"torch {torch.__version__}, triton {triton.__version__}. µs: CUDA-graph replay "
              "over rotating weight copies; do_bench: median with L2 flushes.", "", head,
-             "|" + "---|" * 12]
+             "|" + "---|" * 14]
     nan = float("nan")
     for r in rows:
         lines.append(
             f"| {r['shape']} | {r['M']} | {r['bf16_us']:.1f} | {r.get('tinygemm_us', nan):.1f} "
+            f"| {r.get('triton_us', nan):.1f} "
             f"| {r['ours_us']:.1f} | {r['ours_dobench_us']:.1f} | {r['ours_bw_pct']:.0f} "
             f"| {r['ours_tflops']:.0f} | {r['speedup_vs_bf16']:.2f} "
-            f"| {r.get('speedup_vs_tinygemm', nan):.2f} | {r['path']} "
+            f"| {r.get('speedup_vs_tinygemm', nan):.2f} "
+            f"| {r.get('speedup_vs_triton', nan):.2f} | {r['path']} "
             f"| {'ok' if r['ok'] else 'FAIL'} {r['err']:.1e} |")
     return "\n".join(lines) + "\n"
 
 
 def table(rows: list[dict]) -> str:
     nan = float("nan")
-    out = [f"{'shape':10s} {'M':>5s} {'bf16':>7s} {'tgemm':>7s} {'ours':>7s} {'ours_db':>7s} "
+    out = [f"{'shape':10s} {'M':>5s} {'bf16':>7s} {'tgemm':>7s} {'triton':>7s} {'ours':>7s} "
+           f"{'ours_db':>7s} "
            f"{'%BW':>4s} {'xbf16':>6s} {'xtg':>6s} {'path':22s} check"]
     for r in rows:
         out.append(f"{r['shape']:10s} {r['M']:5d} {r['bf16_us']:7.1f} "
-                   f"{r.get('tinygemm_us', nan):7.1f} {r['ours_us']:7.1f} "
+                   f"{r.get('tinygemm_us', nan):7.1f} {r.get('triton_us', nan):7.1f} "
+                   f"{r['ours_us']:7.1f} "
                    f"{r['ours_dobench_us']:7.1f} {r['ours_bw_pct']:4.0f} "
                    f"{r['speedup_vs_bf16']:6.2f} {r.get('speedup_vs_tinygemm', nan):6.2f} "
                    f"{r['path']:22s} {'ok' if r['ok'] else 'FAIL'}")

@@ -263,6 +263,101 @@ class TestGPU:
         assert ((y.reshape(6, 256).double() - ref).norm() / ref.norm()).item() < 1e-2
 
 
+# ---- the CUDA C++ decode kernel (kernels/w4a16/mma_decode.cu), M <= 8 --------------------
+
+@pytest.fixture
+def mma():
+    """cuda_decode, skipping where the kernel cannot be built (no nvcc) or run."""
+    cd = kernel("w4a16.cuda_decode")
+    if not cd.available(torch.zeros(1, 2, device="cuda", dtype=torch.bfloat16)):
+        pytest.skip("the CUDA decode kernel is unavailable here (no nvcc, or sm < 80)")
+    return cd
+
+
+class TestMma:
+    pytestmark = [pytest.mark.gpu,
+                  pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
+                  pytest.mark.skipif(not HAS_TRITON, reason="needs triton")]
+
+    @pytest.mark.parametrize("m", [1, 2, 5, 8])
+    @pytest.mark.parametrize("warps,inflight,split", [(4, 2, 1), (4, 4, 3), (8, 2, 7),
+                                                      (8, 4, 2), (4, 2, 0)])
+    @pytest.mark.parametrize("stage_x", [False, True])
+    @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+    def test_configs(self, mma, m: int, warps: int, inflight: int, split: int, stage_x: bool,
+                     dtype: torch.dtype) -> None:
+        """Ragged N (not a multiple of 32), K not a multiple of 128 (padding rows and a
+        partial group), act-order, bias; the warps x in-flight x split-K x staging
+        variants."""
+        cfg = mma.MmaConfig(warps, inflight, split, stage_x)
+        run_check(m, 1000, 1000, 128, act_order=True, bias=True, dtype=dtype, config=cfg)
+
+    @pytest.mark.parametrize("group", [32, 64, 128, 256, 0])
+    @pytest.mark.parametrize("sym", [False, True])
+    @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+    def test_groups(self, mma, group: int, sym: bool, dtype: torch.dtype) -> None:
+        """Groups of 32 / 64 rows (several per 128-row block), 128, 256 (one group over two
+        blocks) and one group per output channel (0)."""
+        run_check(3, 320, 1000, group, sym=sym, dtype=dtype,
+                  config=mma.MmaConfig(4, 2, 2))
+        run_check(8, 96, 576, group, sym=sym, dtype=dtype, config=mma.MmaConfig(8, 4, 0))
+        run_check(1, 96, 1000, group, sym=sym, dtype=dtype,
+                  config=mma.MmaConfig(4, 2, 3, stage_x=True))
+
+    @pytest.mark.parametrize("k,n", [(4096, 6144), (4096, 28672), (14336, 4096)])
+    def test_llama_shapes_auto(self, mma, k: int, n: int) -> None:
+        """The default pick on Llama-3-8B shapes, through path="auto" and path="mma"."""
+        for m in (1, 8):
+            run_check(m, n, k, 128)
+            run_check(m, n, k, 128, path="mma")
+
+    def test_split_deterministic_and_graph(self, mma) -> None:
+        """Split-K sums in a fixed order (equal bits over calls, counters left at zero), and
+        a captured launch replays on new x."""
+        qw, s, z, g = random_w4(4096, 4096, 128, False, False, fresh_seed(), "cuda")
+        p = layout.prepare(qw, s, z, g, 128, 4096)
+        tg = kernel("w4a16.triton_gemm")
+        cfg = mma.MmaConfig(4, 2, 8)
+        x = torch.randn(4, 4096, device="cuda").bfloat16()
+        ys = [tg.w4a16_linear(x, p, config=cfg) for _ in range(3)]
+        assert all(torch.equal(ys[0], y) for y in ys[1:])
+        assert int(p["locks"].abs().sum()) == 0
+        y = torch.empty(1, 4096, device="cuda", dtype=torch.bfloat16)
+        x1 = torch.randn(1, 4096, device="cuda").bfloat16()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            tg.w4a16_linear(x1, p, out=y, config=cfg)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            tg.w4a16_linear(x1, p, out=y, config=cfg)
+        x1.copy_(torch.randn(1, 4096, device="cuda").bfloat16())
+        y.fill_(float("nan"))
+        graph.replay()
+        torch.cuda.synchronize()
+        ref = reference.w4a16_linear_f64(x1, qw, s, z, g, None, 128)
+        assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-2
+
+    def test_matches_triton_kernel(self, mma) -> None:
+        """Same layout, same sums: the CUDA and Triton decode kernels agree to float32
+        summation order (both well inside the float64 bound)."""
+        tg = kernel("w4a16.triton_gemm")
+        qw, s, z, g = random_w4(6144, 4096, 128, False, False, fresh_seed(), "cuda")
+        p = layout.prepare(qw, s, z, g, 128, 4096)
+        x = torch.randn(1, 4096, device="cuda").bfloat16()
+        a = tg.w4a16_linear(x, p, path="mma").float()
+        b = tg.w4a16_linear(x, p, path="fused").float()
+        assert ((a - b).norm() / b.norm()).item() < 4e-3
+
+    def test_rejects_too_many_rows(self, mma) -> None:
+        tg = kernel("w4a16.triton_gemm")
+        qw, s, z, g = random_w4(64, 256, 128, False, False, fresh_seed(), "cuda")
+        p = layout.prepare(qw, s, z, g, 128, 256)
+        with pytest.raises(ValueError, match="path='mma'"):
+            tg.w4a16_linear(torch.randn(9, 256, device="cuda").bfloat16(), p, path="mma")
+
+
 # ---- Triton interpreter (CPU) ------------------------------------------------------------
 
 INTERP_CASES = [   # m, n, k, group, act_order, bias, (block_m, block_n, split, factored, gather)

@@ -54,6 +54,7 @@ import triton
 import triton.language as tl
 
 from .. import pdl
+from . import cuda_decode
 from ..device_info import sm_count  # noqa: F401  (the benches use it too)
 
 MAX_SPLIT_K = 32
@@ -623,14 +624,16 @@ def w4a16_linear(x: torch.Tensor, prepared: dict[str, torch.Tensor],
                  path: str = "auto") -> torch.Tensor:
     """x [..., K] (bf16/fp16) -> [..., N] = x @ W^T + bias, W from `layout.prepare`.
 
-    path: "auto" (`pick_config` by M, or ``config``), "fused" (always `_w4a16_kernel`) or
-    "cublas" (dequantize W^T, then ``x @ W^T`` through cuBLAS). ``out``: optional contiguous
-    [M, N] tensor of x's dtype to write into. ``config`` overrides the pick.
+    path: "auto" (M <= 8: the CUDA decode kernel of cuda_decode.py where it is available;
+    otherwise `pick_config` by M, or ``config``), "fused" (always `_w4a16_kernel`), "mma"
+    (always the CUDA decode kernel; M <= 8) or "cublas" (dequantize W^T, then ``x @ W^T``
+    through cuBLAS). ``out``: optional contiguous [M, N] tensor of x's dtype to write into.
+    ``config`` overrides the pick (a `cuda_decode.MmaConfig` selects the CUDA kernel).
     """
     if x.dtype not in (torch.bfloat16, torch.float16):
         raise ValueError(f"x: expected bfloat16 or float16, got {x.dtype}")
-    if path not in ("auto", "fused", "cublas"):
-        raise ValueError(f"path: expected 'auto', 'fused' or 'cublas', got {path!r}")
+    if path not in ("auto", "fused", "cublas", "mma"):
+        raise ValueError(f"path: expected 'auto', 'fused', 'mma' or 'cublas', got {path!r}")
     qweight = prepared["qweight"]
     kp, n = qweight.shape[0] * 8, qweight.shape[1]
     lead = x.shape[:-1]
@@ -647,6 +650,18 @@ def w4a16_linear(x: torch.Tensor, prepared: dict[str, torch.Tensor],
     if y.shape != (m, n) or y.dtype != x.dtype or not y.is_contiguous():
         raise ValueError(f"out: expected contiguous {x.dtype} [{m}, {n}]")
     if m == 0:
+        return y.reshape(*lead, n)
+    mma = (path == "mma" or isinstance(config, cuda_decode.MmaConfig)
+           or (path == "auto" and config is None and m <= cuda_decode.MAX_M
+               and cuda_decode.available(x2)))
+    if mma:
+        if has_perm:
+            x2 = gather_columns(x2, prepared["perm"])
+        if not cuda_decode.available(x2):
+            raise ValueError(f"path='mma': the CUDA decode kernel cannot take x {tuple(x2.shape)}"
+                             f" on {x2.device} (M <= {cuda_decode.MAX_M}, even K, CUDA, nvcc)")
+        cfg = config if isinstance(config, cuda_decode.MmaConfig) else None
+        cuda_decode.w4a16_mma(x2, prepared, bias, y, _group_rows(prepared), cfg)
         return y.reshape(*lead, n)
     cfg = config if config is not None else pick_config(m, n, kp, sm_count(x.device))
     if path == "cublas" and not isinstance(cfg, CublasConfig):

@@ -1,0 +1,91 @@
+"""Build a CUDA C++ source into a shared library at first use, cached, and load it.
+
+`load(source, arch)` compiles ``source`` (a .cu beside the kernels) with nvcc into
+``$OPTIMIZER_CACHE/cuda/<hash>/<name>.so`` (default ``~/.cache/optimizer``), keyed by the
+source text, the target architecture, the flags and nvcc's version, and loads it with ctypes.
+The library is written to a temporary name in the same folder and renamed into place, so a
+concurrent or interrupted build never leaves a half-written library that a later load picks
+up. The kernels' launchers are plain ``extern "C"`` functions that take raw pointers and a
+stream, so nothing links against PyTorch and a build takes seconds.
+
+nvcc is looked for in ``$OPTIMIZER_NVCC``, ``$CUDA_HOME/bin``, ``PATH`` and
+``/usr/local/cuda/bin``; where there is none, `load` raises `CudaBuildError` with one line
+saying so (callers fall back to their Triton kernel).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+FLAGS = ("-O3", "-shared", "-Xcompiler", "-fPIC", "-std=c++17")
+
+
+class CudaBuildError(RuntimeError):
+    """No compiler, or the source did not compile (the message names which)."""
+
+
+def find_nvcc() -> str | None:
+    for cand in (os.environ.get("OPTIMIZER_NVCC"),
+                 os.path.join(os.environ["CUDA_HOME"], "bin", "nvcc")
+                 if os.environ.get("CUDA_HOME") else None,
+                 shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc"):
+        if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _nvcc_version(nvcc: str) -> str:
+    out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=60)
+    return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else "unknown"
+
+
+def cache_dir() -> Path:
+    root = os.environ.get("OPTIMIZER_CACHE") or os.path.join(Path.home(), ".cache",
+                                                              "optimizer")
+    return Path(root) / "cuda"
+
+
+def build(source: Path, arch: str) -> Path:
+    """The path of the compiled library of ``source`` for ``arch`` (e.g. "sm_90"),
+    compiling it first if it is not in the cache."""
+    nvcc = find_nvcc()
+    if nvcc is None:
+        raise CudaBuildError(f"{source.name}: no CUDA compiler (nvcc) found; set CUDA_HOME "
+                             f"or OPTIMIZER_NVCC")
+    text = source.read_bytes()
+    key = hashlib.sha256(b"\0".join([text, arch.encode(), " ".join(FLAGS).encode(),
+                                     _nvcc_version(nvcc).encode()])).hexdigest()[:16]
+    folder = cache_dir() / key
+    lib = folder / (source.stem + ".so")
+    if lib.is_file():
+        return lib
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=source.stem + ".", suffix=".so.tmp", dir=folder)
+    os.close(fd)
+    try:
+        proc = subprocess.run([nvcc, *FLAGS, f"-arch={arch}", "-o", tmp, str(source)],
+                              capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            first = next((ln for ln in proc.stderr.splitlines() if "error" in ln),
+                         proc.stderr.strip().splitlines()[-1] if proc.stderr.strip()
+                         else f"exit {proc.returncode}")
+            raise CudaBuildError(f"{source.name}: nvcc failed ({arch}): {first.strip()}")
+        os.replace(tmp, lib)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return lib
+
+
+@functools.lru_cache(maxsize=None)
+def load(source: str, arch: str) -> ctypes.CDLL:
+    """ctypes handle of ``source`` (a path) built for ``arch``; cached per process."""
+    return ctypes.CDLL(str(build(Path(source), arch)))

@@ -1,0 +1,146 @@
+"""The CUDA C++ W4A16 decode kernel (mma_decode.cu) for M <= 8: build, configure, launch.
+
+`w4a16_linear` (triton_gemm.py) sends M <= MAX_M here when `available` says the kernel can
+run (a CUDA device of compute capability >= 8.0 and nvcc to build it at first use, see
+kernels/cuda_build.py); otherwise, or with ``OPTIMIZER_W4A16_MMA=0``, M <= 8 stays on the
+Triton kernel. Both read the same layout (layout.py) and compute the same sums: per group
+the tensor cores add (q - z) x in float32, then acc += s * part.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import functools
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from .. import cuda_build, pdl
+from ..device_info import sm_count
+
+MAX_M = 8                     # the MMA's n dimension: rows of x per launch
+SOURCE = Path(__file__).with_name("mma_decode.cu")
+SMEM_MAX = 96 * 1024          # staged x per CTA: M * (its K blocks) * 256 bytes
+
+
+@dataclasses.dataclass(frozen=True)
+class MmaConfig:
+    """warps: warps per CTA (4 or 8), all on the same 32 columns, each taking every
+    warps-th K block; inflight: K blocks each warp holds in registers ahead (2 or 4);
+    split_k: CTAs along K (0: chosen by `choose_split`); stage_x: x of the CTA's K range
+    copied into shared memory first (else each lane loads its operands from global memory
+    block by block)."""
+
+    warps: int = 8
+    inflight: int = 2
+    split_k: int = 0
+    stage_x: bool = False
+
+    def __post_init__(self) -> None:
+        if self.warps not in (4, 8):
+            raise ValueError(f"MmaConfig.warps: expected 4 or 8, got {self.warps}")
+        if self.inflight not in (2, 4):
+            raise ValueError(f"MmaConfig.inflight: expected 2 or 4, got {self.inflight}")
+        if not 0 <= self.split_k <= 64:
+            raise ValueError(f"MmaConfig.split_k: expected 0..64, got {self.split_k}")
+
+
+def choose_split(m: int, n: int, kp: int, cfg: MmaConfig, sms: int) -> int:
+    """CTAs along K: 1, or 2 where a warp would otherwise stream more than 8 K blocks
+    (down projections); more only as far as the staged x needs to fit in SMEM_MAX."""
+    blocks = kp // 128
+    split = 2 if blocks > 8 * cfg.warps else 1
+    while cfg.stage_x and split < blocks and m * -(-blocks // split) * 256 > SMEM_MAX:
+        split += 1
+    return split
+
+
+def pick_config(m: int, n: int, kp: int, sms: int = 132) -> MmaConfig:
+    """The winners of bench/w4a16_mma_sweep.py on an H200 (2026-12-01, bench/RESULTS.md),
+    Llama-3-8B qkv / o / gate-up / down at M = 1 and 8: 8 warps per CTA, except 4 where the
+    32-column tiles alone make more than 2 CTAs per SM (gate-up); x staged in shared memory
+    at M = 1 on the narrower shapes (5-8% faster there), loaded per block otherwise; 2
+    blocks in flight per warp; split-K as `choose_split`. Each pick was the best or within
+    ~5% of it."""
+    tiles = -(-n // 32)
+    wide = tiles > 2 * sms
+    cfg = MmaConfig(warps=4 if wide else 8, inflight=2, stage_x=m == 1 and not wide)
+    return dataclasses.replace(cfg, split_k=choose_split(m, n, kp, cfg, sms))
+
+
+@functools.lru_cache(maxsize=None)
+def _library(index: int) -> ctypes.CDLL | None:
+    major, minor = torch.cuda.get_device_capability(index)
+    if major < 8:
+        return None
+    try:
+        lib = cuda_build.load(str(SOURCE), f"sm_{major}{minor}")
+    except (cuda_build.CudaBuildError, OSError) as e:
+        print(f"optimizer: W4A16 decode kernel unavailable ({e}); using the Triton kernel",
+              file=sys.stderr)
+        return None
+    fn = lib.w4a16_mma_launch
+    fn.restype = ctypes.c_int
+    fn.argtypes = ([ctypes.c_int] * 5 + [ctypes.c_void_p] * 7 + [ctypes.c_int] * 7
+                   + [ctypes.c_size_t, ctypes.c_void_p, ctypes.c_int, ctypes.c_int])
+    lib.w4a16_mma_error_string.restype = ctypes.c_char_p
+    lib.w4a16_mma_error_string.argtypes = [ctypes.c_int]
+    return lib
+
+
+def _index(device: torch.device) -> int:
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def available(x: torch.Tensor) -> bool:
+    """True when x (an M x K activation) can go to the CUDA kernel: a CUDA tensor of at
+    most MAX_M rows, even K and row stride (4-byte pairs), the kernel built for its device."""
+    if os.environ.get("OPTIMIZER_W4A16_MMA", "1") == "0" or not x.is_cuda:
+        return False
+    if x.dim() != 2 or x.shape[0] > MAX_M or x.shape[1] % 2 or x.stride(0) % 2:
+        return False
+    if x.stride(1) != 1 or x.data_ptr() % 4:
+        return False
+    return _library(_index(x.device)) is not None
+
+
+def w4a16_mma(x: torch.Tensor, prepared: dict[str, torch.Tensor], bias: torch.Tensor | None,
+              y: torch.Tensor, gs: int, cfg: MmaConfig | None = None) -> None:
+    """y [M, N] = x [M, KX] @ W^T (+ bias) by mma_decode.cu; x in layout row order (act-order
+    gathered already), `available(x)` true, y contiguous of x's dtype."""
+    qweight, sz = prepared["qweight"], prepared["sz"]
+    m, kx = x.shape
+    kp, n = qweight.shape[0] * 8, qweight.shape[1]
+    if cfg is None:
+        cfg = pick_config(m, n, kp, sm_count(x.device))
+    split = cfg.split_k or choose_split(m, n, kp, cfg, sm_count(x.device))
+    blocks = kp // 128
+    split = min(split, blocks)
+    per = -(-blocks // split)
+    smem = (m * per * 256 if cfg.stage_x else 0) + cfg.warps * 2 * 32 * 4 * 4
+    if cfg.stage_x and m * per * 256 > SMEM_MAX:
+        raise ValueError(f"w4a16_mma: x of {m} rows x {per} blocks needs more than "
+                         f"{SMEM_MAX} bytes of shared memory; use a larger split_k")
+    tiles = -(-n // 32)
+    if split > 1:
+        ws = torch.empty((split, m, n), dtype=torch.float32, device=x.device)
+        locks = prepared.get("locks")
+        if locks is None or locks.numel() < tiles:
+            locks = torch.zeros(tiles, dtype=torch.int32, device=x.device)
+        ws_ptr, locks_ptr = ws.data_ptr(), locks.data_ptr()
+    else:
+        ws_ptr = locks_ptr = None
+    lib = _library(_index(x.device))
+    err = lib.w4a16_mma_launch(
+        int(x.dtype == torch.bfloat16), gs, cfg.warps, cfg.inflight, int(cfg.stage_x),
+        x.data_ptr(), qweight.data_ptr(), sz.data_ptr(),
+        bias.data_ptr() if bias is not None else None, y.data_ptr(), ws_ptr, locks_ptr,
+        m, n, kx, kp, split, x.stride(0), y.stride(0), smem,
+        torch.cuda.current_stream(x.device).cuda_stream, int(pdl.enabled(x)),
+        int(x.data_ptr() % 16 == 0 and x.stride(0) % 8 == 0))
+    if err:
+        raise RuntimeError(f"w4a16_mma: launch failed: "
+                           f"{lib.w4a16_mma_error_string(err).decode()}")

@@ -1,0 +1,392 @@
+// W4A16 decode GEMM for M <= 8 in CUDA C++: y[M, N] = x[M, K] @ W^T (+ bias), W in the
+// layout of layout.py (int32 words [KP/128, N, 16], sz int32 [G, N]). Built and launched by
+// cuda_decode.py; its reference is reference.py (the Triton kernel is the fallback).
+//
+// Why a second kernel: Triton's wgmma with the weights as register operand waits for each
+// block's MMAs before the next block's unpacking (and its pipelined loads need two CTA
+// barriers a block), so at M = 1 one program moves ~8 KB per ~1300 cycles. Here every warp
+// streams its own K blocks with warp-level mma.sync (no waits, no barriers in the loop), the
+// next U blocks' words and scale words already in registers.
+//
+// Work: CTA = WK warps on 32 output columns (two 16-column MMA tiles); warp w takes the K
+// blocks b_lo + w, b_lo + w + WK, ... of the CTA's split; the WK partial tiles are summed in
+// shared memory in warp order, then (split > 1) the splits through `ws` and the tile's
+// arrival counter, the last CTA summing them in split order (deterministic), as in the
+// Triton kernel.
+//
+// Operands of mma.m16n8k16 (A 16 x 16 row-major = W rows n, B 16 x 8 = x^T, C fp32 16 x 8):
+// lane (g = lane / 4, t = lane % 4) holds A pairs (n = g | g + 8, k = 2t | 2t + 8 (+1)).
+// Word 4t + c of column n holds, in pair j = 2s + h of ``(w >> 4j) & 0x000F000F``, the codes
+// of block rows 32c + 16s + 8h + 2t (+1) (layout.row_of_nibble): so the words 4t..4t+3 of
+// columns g and g + 8 (one 16-byte load each) are this lane's A operands of all eight
+// 16-row steps (c, s) of a block, made with 11 integer/half ops a word (magic-number
+// conversion: q | 0x4300 is bf16 128 + q, q | 0x6400 fp16 1024 + q; one packed subtraction
+// of the (OFF + z) pair leaves q - z exactly). x is staged once per CTA in shared memory in
+// fragment order, pair j = 4c + 2s + h of lane t at block row 8j + 2t, so a lane reads its
+// 16 B-operand pairs of a block with four 16-byte loads. part = sum (q - z) x over a group
+// (fp32, on the tensor cores), acc += s * part at the group's end (s: fp16 scale, fp32 math).
+
+#include <cuda_runtime.h>
+#include <stdint.h>
+
+namespace {
+
+template <bool BF16>
+__device__ __forceinline__ void unpack(uint32_t w, uint32_t zz, uint32_t (&o)[4]) {
+  constexpr uint32_t MAGIC = BF16 ? 0x43004300u : 0x64006400u;
+  uint32_t u1 = w >> 4, u2 = w >> 8, u3 = w >> 12;
+  asm("lop3.b32 %0, %1, 0x000F000F, %2, 0xea;" : "=r"(o[0]) : "r"(w), "r"(MAGIC));
+  asm("lop3.b32 %0, %1, 0x000F000F, %2, 0xea;" : "=r"(o[1]) : "r"(u1), "r"(MAGIC));
+  asm("lop3.b32 %0, %1, 0x000F000F, %2, 0xea;" : "=r"(o[2]) : "r"(u2), "r"(MAGIC));
+  asm("lop3.b32 %0, %1, 0x000F000F, %2, 0xea;" : "=r"(o[3]) : "r"(u3), "r"(MAGIC));
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    if (BF16)
+      asm("sub.rn.bf16x2 %0, %1, %2;" : "=r"(o[j]) : "r"(o[j]), "r"(zz));
+    else
+      asm("sub.rn.f16x2 %0, %1, %2;" : "=r"(o[j]) : "r"(o[j]), "r"(zz));
+  }
+}
+
+template <bool BF16>
+__device__ __forceinline__ void mma(float (&c)[4], uint32_t a0, uint32_t a1, uint32_t a2,
+                                    uint32_t a3, uint32_t b0, uint32_t b1) {
+  if (BF16)
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+  else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ uint4 load_stream(const uint4* p) {
+  uint4 v;
+  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+__device__ __forceinline__ float half_bits_to_float(uint32_t bits) {
+  float f;
+  asm("{ .reg .f16 h; mov.b16 h, %1; cvt.f32.f16 %0, h; }" : "=f"(f) : "h"((uint16_t)bits));
+  return f;
+}
+
+__device__ __forceinline__ float act_to_float(uint16_t v, bool bf16) {
+  if (bf16) return __uint_as_float(((uint32_t)v) << 16);
+  return half_bits_to_float(v);
+}
+
+__device__ __forceinline__ uint16_t float_to_act(float f, bool bf16) {
+  uint16_t r;
+  if (bf16)
+    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
+  else
+    asm("{ .reg .f16 h; cvt.rn.f16.f32 h, %1; mov.b16 %0, h; }" : "=h"(r) : "f"(f));
+  return r;
+}
+
+// GS: rows per group: 32, 64, 128, or 0 for another multiple of 128 (GSR rows; the scale is
+// then applied per block, the same sum). SZN: scale words per column and block.
+template <bool BF16, int GS, int WK, int U, bool XS>
+__global__ void __launch_bounds__(WK * 32)
+w4a16_mma_kernel(const uint16_t* __restrict__ x, const uint4* __restrict__ qw,
+                 const uint32_t* __restrict__ sz, const uint16_t* __restrict__ bias,
+                 uint16_t* __restrict__ y, float* __restrict__ ws, int* __restrict__ locks,
+                 int M, int N, int KX, int KP, int GSR, int split, int stride_xm,
+                 int stride_ym, int pdl, int vec_x) {
+  constexpr int SZN = GS == 32 ? 4 : GS == 64 ? 2 : 1;
+  constexpr uint32_t OFF = BF16 ? 0x4300u : 0x6400u;
+  extern __shared__ uint32_t smem[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int g = lane >> 2, t = lane & 3;
+  const int tile = blockIdx.x, n0 = tile * 32;
+  const int blocks = KP / 128;
+  const int per = (blocks + split - 1) / split;
+  const int b_lo = blockIdx.y * per;
+  const int b_hi = min(b_lo + per, blocks);
+  const int nblk = max(b_hi - b_lo, 0);
+  const int nb = nblk > warp ? (nblk - warp + WK - 1) / WK : 0;   // this warp's blocks
+
+  int col[4];                       // q = 2 * tile16 + h: column n0 + 16 * tile16 + g + 8h
+  bool ok[4];
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    col[q] = n0 + 16 * (q >> 1) + g + 8 * (q & 1);
+    ok[q] = col[q] < N;
+  }
+
+  // running pointers to this warp's next block (b = b_lo + warp + WK i) of each column
+  const uint4* wp[4];
+  const uint32_t* sp[4];
+  const int b0 = b_lo + warp;
+  const size_t wstep = (size_t)WK * N * 4;                  // uint4 per WK blocks
+  const size_t sstep = GS == 0 ? 0 : (size_t)WK * SZN * N;  // scale words per WK blocks
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const int c = ok[q] ? col[q] : 0;
+    wp[q] = qw + ((size_t)b0 * N + c) * 4 + t;
+    sp[q] = sz + (size_t)(GS == 0 ? 0 : b0 * SZN) * N + c;
+  }
+  uint4 wr[U][4];                   // the next U blocks' words of this lane's 4 columns
+  uint32_t sr[U][4][SZN];           // and their scale/zero words
+  int bnext = b0;                   // the block the next load() reads
+  auto load = [&](int u) {
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      wr[u][q] = load_stream(wp[q]);
+      wp[q] += wstep;
+      if (GS == 0) {                                       // GSR a multiple of 128
+        sr[u][q][0] = __ldg(sz + (size_t)((bnext * 128) / GSR) * N + (ok[q] ? col[q] : 0));
+      } else {
+#pragma unroll
+        for (int i = 0; i < SZN; ++i) sr[u][q][i] = __ldg(sp[q] + (size_t)i * N);
+        sp[q] += sstep;
+      }
+    }
+    bnext += WK;
+  };
+  // weights and scales do not depend on the previous kernel: ask for them before the wait
+#pragma unroll
+  for (int u = 0; u < U; ++u)
+    if (u < nb) load(u);
+#if __CUDA_ARCH__ >= 900
+  if (pdl) {
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;");
+  }
+#endif
+
+  // x of the split, in fragment order: sx[((m * nblk + bl) * 4 + t) * 16 + j] = the pair
+  // x[m, kb + 8j + 2t .. +1], kb = (b_lo + bl) * 128; zero past KX. One 16-byte load of x
+  // (8 values: the pairs t = 0..3 of one j) per step, four independent steps in flight.
+  uint32_t* sx = smem;
+  const int vecs = XS ? M * nblk * 16 : 0;
+#pragma unroll 4
+  for (int v = threadIdx.x; v < vecs; v += WK * 32) {
+    const int m = v / (nblk * 16), rem = v - m * nblk * 16;
+    const int bl = rem >> 4, j = rem & 15;
+    const int k = (b_lo + bl) * 128 + 8 * j;
+    const uint16_t* src = x + (size_t)m * stride_xm + k;
+    uint32_t p[4];
+    if (vec_x && k + 8 <= KX) {
+      const uint4 x4 = __ldg(reinterpret_cast<const uint4*>(src));
+      p[0] = x4.x; p[1] = x4.y; p[2] = x4.z; p[3] = x4.w;
+    } else {
+#pragma unroll
+      for (int q = 0; q < 4; ++q)
+        p[q] = k + 2 * q < KX ? *reinterpret_cast<const uint32_t*>(src + 2 * q) : 0u;
+    }
+    uint32_t* dst = sx + (m * nblk + bl) * 64 + j;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) dst[q * 16] = p[q];
+  }
+  if (XS) __syncthreads();
+
+  float acc[2][4], part[2][4];
+#pragma unroll
+  for (int i = 0; i < 2; ++i)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) acc[i][e] = part[i][e] = 0.f;
+
+  for (int i0 = 0; i0 < nb; i0 += U) {
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const int i = i0 + u;
+      if (i < nb) {
+        const int b = b_lo + warp + WK * i;
+        uint32_t xv[16];
+        if (g < M && XS) {
+          const uint4* src = reinterpret_cast<const uint4*>(
+              sx + ((g * nblk + (b - b_lo)) * 4 + t) * 16);
+#pragma unroll
+          for (int v = 0; v < 4; ++v) {
+            uint4 x4 = src[v];
+            xv[4 * v] = x4.x; xv[4 * v + 1] = x4.y; xv[4 * v + 2] = x4.z; xv[4 * v + 3] = x4.w;
+          }
+        } else if (g < M) {            // straight from global memory (L1/L2: x is small)
+          const int kb = b * 128 + 2 * t;
+          const uint32_t* xr = reinterpret_cast<const uint32_t*>(x + (size_t)g * stride_xm + kb);
+          if (b * 128 + 128 <= KX) {
+#pragma unroll
+            for (int j = 0; j < 16; ++j) xv[j] = __ldg(xr + 4 * j);
+          } else {
+#pragma unroll
+            for (int j = 0; j < 16; ++j) xv[j] = kb + 8 * j < KX ? __ldg(xr + 4 * j) : 0u;
+          }
+        } else {
+#pragma unroll
+          for (int v = 0; v < 16; ++v) xv[v] = 0;
+        }
+        const uint4 (&w)[4] = wr[u];
+        const uint32_t (&s)[4][SZN] = sr[u];
+#pragma unroll
+        for (int c = 0; c < 4; ++c) {
+          const int gi = GS == 32 ? c : GS == 64 ? c / 2 : 0;   // group within the block
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {                          // 16-column MMA tile
+            uint32_t oa[4], ob[4];
+            const uint32_t* wa = reinterpret_cast<const uint32_t*>(&w[2 * h]);
+            const uint32_t* wb = reinterpret_cast<const uint32_t*>(&w[2 * h + 1]);
+            const uint32_t za = ((s[2 * h][gi] >> 16) & 0xFF | OFF) * 0x10001u;
+            const uint32_t zb = ((s[2 * h + 1][gi] >> 16) & 0xFF | OFF) * 0x10001u;
+            unpack<BF16>(wa[c], za, oa);
+            unpack<BF16>(wb[c], zb, ob);
+            mma<BF16>(part[h], oa[0], ob[0], oa[1], ob[1], xv[4 * c], xv[4 * c + 1]);
+            mma<BF16>(part[h], oa[2], ob[2], oa[3], ob[3], xv[4 * c + 2], xv[4 * c + 3]);
+          }
+          if (GS == 32 || (GS == 64 && c % 2 == 1) || c == 3) {  // the group ends: fold
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const float sa = half_bits_to_float(s[2 * h][gi]);
+              const float sb = half_bits_to_float(s[2 * h + 1][gi]);
+              acc[h][0] += sa * part[h][0];
+              acc[h][1] += sa * part[h][1];
+              acc[h][2] += sb * part[h][2];
+              acc[h][3] += sb * part[h][3];
+#pragma unroll
+              for (int e = 0; e < 4; ++e) part[h][e] = 0.f;
+            }
+          }
+        }
+        if (i + U < nb) load(u);          // after the unpacking: no copies of the ring
+      }
+    }
+  }
+
+  // sum the WK warps' tiles in warp order
+  float* red = reinterpret_cast<float*>(smem + (XS ? M * nblk * 64 : 0));
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) red[((warp * 2 + h) * 32 + lane) * 4 + e] = acc[h][e];
+  __syncthreads();
+  if (warp != 0) return;
+  float tot[2][4];
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      float v = 0.f;
+      for (int w = 0; w < WK; ++w) v += red[((w * 2 + h) * 32 + lane) * 4 + e];
+      tot[h][e] = v;
+    }
+  // C element (h, e): column n0 + 16h + g + 8 (e >> 1), row m = 2t + (e & 1)
+  if (split > 1) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int m = 2 * t + (e & 1), q = 2 * h + (e >> 1);
+        if (m < M && ok[q]) ws[((size_t)blockIdx.y * M + m) * N + col[q]] = tot[h][e];
+      }
+    __threadfence();
+    __syncwarp();
+    int last = 0;
+    if (lane == 0) last = atomicAdd(locks + tile, 1) == split - 1;
+    last = __shfl_sync(0xffffffffu, last, 0);
+    if (!last) return;
+    __threadfence();
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int m = 2 * t + (e & 1), q = 2 * h + (e >> 1);
+        float v = 0.f;
+        if (m < M && ok[q])
+          for (int sp = 0; sp < split; ++sp)
+            v += __ldcg(ws + ((size_t)sp * M + m) * N + col[q]);
+        tot[h][e] = v;
+      }
+    if (lane == 0) locks[tile] = 0;
+  }
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int m = 2 * t + (e & 1), q = 2 * h + (e >> 1);
+      if (m < M && ok[q]) {
+        float v = tot[h][e];
+        if (bias) v += act_to_float(bias[col[q]], BF16);
+        y[(size_t)m * stride_ym + col[q]] = float_to_act(v, BF16);
+      }
+    }
+}
+
+template <bool BF16, int GS, int WK, int U, bool XS>
+cudaError_t launch(const void* x, const void* qw, const void* sz, const void* bias, void* y,
+                   void* ws, void* locks, int M, int N, int KX, int KP, int GSR, int split,
+                   int stride_xm, int stride_ym, size_t smem, cudaStream_t stream, int pdl,
+                   int vec_x) {
+  auto kern = w4a16_mma_kernel<BF16, GS, WK, U, XS>;
+  static size_t smem_set = 48 * 1024;
+  if (smem > smem_set) {
+    cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                         (int)smem);
+    if (e != cudaSuccess) return e;
+    smem_set = smem;
+  }
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3((N + 31) / 32, split, 1);
+  cfg.blockDim = dim3(WK * 32, 1, 1);
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = pdl ? 1 : 0;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, kern, (const uint16_t*)x, (const uint4*)qw,
+                            (const uint32_t*)sz, (const uint16_t*)bias, (uint16_t*)y,
+                            (float*)ws, (int*)locks, M, N, KX, KP, GSR, split, stride_xm,
+                            stride_ym, pdl, vec_x);
+}
+
+template <bool BF16, int GS>
+cudaError_t by_shape(int wk, int u, int xs, const void* x, const void* qw, const void* sz,
+                     const void* bias, void* y, void* ws, void* locks, int M, int N, int KX,
+                     int KP, int GSR, int split, int sxm, int sym, size_t smem,
+                     cudaStream_t st, int pdl, int vec_x) {
+#define W4_CASE(W, UU, XS)                                                                   \
+  if (wk == W && u == UU && (bool)xs == XS)                                                  \
+    return launch<BF16, GS, W, UU, XS>(x, qw, sz, bias, y, ws, locks, M, N, KX, KP, GSR,     \
+                                       split, sxm, sym, smem, st, pdl, vec_x);
+  W4_CASE(4, 2, true) W4_CASE(4, 4, true) W4_CASE(8, 2, true) W4_CASE(8, 4, true)
+  W4_CASE(4, 2, false) W4_CASE(4, 4, false) W4_CASE(8, 2, false) W4_CASE(8, 4, false)
+#undef W4_CASE
+  return cudaErrorInvalidValue;
+}
+
+}  // namespace
+
+// gs: the layout's rows per group (32, 64 or a multiple of 128); wk: warps per CTA (4, 8);
+// u: blocks in flight per warp (2, 4); xs: x staged in shared memory (else each lane
+// loads its B operands from global memory, block by block); vec_x: x 16-byte aligned with a row stride of a
+// multiple of 8 (16-byte loads of x). Returns a cudaError_t (0: launched).
+extern "C" int w4a16_mma_launch(int bf16, int gs, int wk, int u, int xs, const void* x,
+                                const void* qw, const void* sz, const void* bias, void* y,
+                                void* ws, void* locks, int M, int N, int KX, int KP, int split,
+                                int stride_xm, int stride_ym, size_t smem, void* stream,
+                                int pdl, int vec_x) {
+  cudaStream_t st = (cudaStream_t)stream;
+  const int kind = gs == 32 ? 32 : gs == 64 ? 64 : gs == 128 ? 128 : 0;
+#define W4_GS(B, G)                                                                         \
+  if ((bool)bf16 == B && kind == G)                                                         \
+    return (int)by_shape<B, G>(wk, u, xs, x, qw, sz, bias, y, ws, locks, M, N, KX, KP, gs,      \
+                               split, stride_xm, stride_ym, smem, st, pdl, vec_x);
+  W4_GS(true, 32) W4_GS(true, 64) W4_GS(true, 128) W4_GS(true, 0)
+  W4_GS(false, 32) W4_GS(false, 64) W4_GS(false, 128) W4_GS(false, 0)
+#undef W4_GS
+  return (int)cudaErrorInvalidValue;
+}
+
+extern "C" const char* w4a16_mma_error_string(int err) {
+  return cudaGetErrorString((cudaError_t)err);
+}
