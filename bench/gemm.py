@@ -152,7 +152,7 @@ def describe(c: tg.GemmConfig | tg.CublasConfig) -> str:
 
 def path_of(m: int, n: int, k: int) -> str:
     sms = tg.sm_count(torch.device(DEV))
-    if m <= cd.MAX_M and cd.available(torch.zeros(m, k, dtype=torch.bfloat16, device=DEV)):
+    if m <= cd.AUTO_MAX_M and cd.available(torch.zeros(m, k, dtype=torch.bfloat16, device=DEV)):
         c = cd.pick_config(m, n, k, sms)
         return f"mma w{c.warps} u{c.inflight} s{c.split_k}"
     return describe(tg.pick_config(m, n, k, sms))
@@ -182,7 +182,7 @@ def bench_shape(name: str, ms: list[int], bw: float) -> list[dict]:
              "path": path_of(m, n, k)}
         fns = {"bf16": (lambda w: x @ w.T, layer.bf16),
                "ours": (lambda p: tg.w4a16_linear(x, p), layer.ours)}
-        if m <= cd.MAX_M:      # the Triton kernel, which "auto" replaced at these M
+        if m <= cd.AUTO_MAX_M:      # the Triton kernel, which "auto" replaced at these M
             r["triton_err"] = check(layer, x, tg.w4a16_linear(x, layer.ours[0], path="fused"))
             r["ok"] = r["ok"] and r["triton_err"] < 1e-2
             fns["triton"] = (lambda p: tg.w4a16_linear(x, p, path="fused"), layer.ours)

@@ -1,10 +1,15 @@
 """The CUDA C++ W4A16 decode kernel (mma_decode.cu) for M <= 8: build, configure, launch.
 
-`w4a16_linear` (triton_gemm.py) sends M <= MAX_M here when `available` says the kernel can
-run (a CUDA device of compute capability >= 8.0 and nvcc to build it at first use, see
-kernels/cuda_build.py); otherwise, or with ``OPTIMIZER_W4A16_MMA=0``, M <= 8 stays on the
+`w4a16_linear` (triton_gemm.py) sends M <= AUTO_MAX_M here when `available` says the kernel
+can run (a CUDA device of compute capability >= 8.0 and nvcc to build it at first use, see
+kernels/cuda_build.py); otherwise, or with ``OPTIMIZER_W4A16_MMA=0``, those M stay on the
 Triton kernel. Both read the same layout (layout.py) and compute the same sums: per group
 the tensor cores add (q - z) x in float32, then acc += s * part.
+
+Why AUTO_MAX_M = 4 (H200, Llama-3-8B-shaped int4 decode, bench/RESULTS.md): this kernel made
+decode faster at batch 1, 2 and 4 (+8%, +7%, +5.5%) but slower at batch 8 (-9%), although
+its isolated GEMM times at M = 8 beat the Triton kernel's; not understood yet. M up to
+MAX_M = 8 still runs here when asked for (path="mma" or an `MmaConfig`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from .. import cuda_build, pdl
 from ..device_info import sm_count
 
 MAX_M = 8                     # the MMA's n dimension: rows of x per launch
+AUTO_MAX_M = 4                # rows up to which path="auto" picks this kernel
 SOURCE = Path(__file__).with_name("mma_decode.cu")
 SMEM_MAX = 96 * 1024          # staged x per CTA: M * (its K blocks) * 256 bytes
 

@@ -624,7 +624,7 @@ def w4a16_linear(x: torch.Tensor, prepared: dict[str, torch.Tensor],
                  path: str = "auto") -> torch.Tensor:
     """x [..., K] (bf16/fp16) -> [..., N] = x @ W^T + bias, W from `layout.prepare`.
 
-    path: "auto" (M <= 8: the CUDA decode kernel of cuda_decode.py where it is available;
+    path: "auto" (M <= 4: the CUDA decode kernel of cuda_decode.py where it is available;
     otherwise `pick_config` by M, or ``config``), "fused" (always `_w4a16_kernel`), "mma"
     (always the CUDA decode kernel; M <= 8) or "cublas" (dequantize W^T, then ``x @ W^T``
     through cuBLAS). ``out``: optional contiguous [M, N] tensor of x's dtype to write into.
@@ -652,7 +652,7 @@ def w4a16_linear(x: torch.Tensor, prepared: dict[str, torch.Tensor],
     if m == 0:
         return y.reshape(*lead, n)
     mma = (path == "mma" or isinstance(config, cuda_decode.MmaConfig)
-           or (path == "auto" and config is None and m <= cuda_decode.MAX_M
+           or (path == "auto" and config is None and m <= cuda_decode.AUTO_MAX_M
                and cuda_decode.available(x2)))
     if mma:
         if has_perm:

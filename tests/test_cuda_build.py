@@ -1,0 +1,79 @@
+"""kernels/cuda_build.py: nvcc builds at first use, cached, atomic, with one-line errors.
+
+Runs on CPU where nvcc is installed (no GPU needed: the libraries are built and loaded, and
+only host functions are called); skipped where there is no nvcc. The last test compiles the
+real W4A16 decode kernel (kernels/w4a16/mma_decode.cu) for sm_90, so a source that does not
+compile fails CI, which has no GPU to run it on.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from pathlib import Path
+
+import pytest
+
+from kernel_cases import kernel
+
+cuda_build = kernel("cuda_build")
+needs_nvcc = pytest.mark.skipif(cuda_build.find_nvcc() is None, reason="no nvcc here")
+
+HOST_SOURCE = """
+extern "C" int add_scaled(int a, int b) { return a + SCALE * b; }
+"""
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("OPTIMIZER_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "cuda"
+
+
+@needs_nvcc
+def test_builds_caches_and_loads(tmp_path: Path, cache: Path) -> None:
+    src = tmp_path / "host_only.cu"
+    src.write_text("#define SCALE 3\n" + HOST_SOURCE)
+    lib_path = cuda_build.build(src, "sm_90")
+    assert lib_path.parent.parent == cache and lib_path.name == "host_only.so"
+    fn = ctypes.CDLL(str(lib_path)).add_scaled
+    fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int, ctypes.c_int]
+    assert fn(4, 5) == 19
+    stamp = lib_path.stat().st_mtime_ns
+    assert cuda_build.build(src, "sm_90") == lib_path               # cached: not rebuilt
+    assert lib_path.stat().st_mtime_ns == stamp
+    assert [p.name for p in lib_path.parent.iterdir()] == ["host_only.so"]   # no temp left
+    src.write_text("#define SCALE 4\n" + HOST_SOURCE)                # new text: new key
+    other = cuda_build.build(src, "sm_90")
+    assert other != lib_path
+    fn2 = ctypes.CDLL(str(other)).add_scaled
+    fn2.restype, fn2.argtypes = ctypes.c_int, [ctypes.c_int, ctypes.c_int]
+    assert fn2(4, 5) == 24
+
+
+@needs_nvcc
+def test_compile_error_is_one_line_and_leaves_nothing(tmp_path: Path, cache: Path) -> None:
+    src = tmp_path / "broken.cu"
+    src.write_text('extern "C" int f() { return undefined_name; }\n')
+    with pytest.raises(cuda_build.CudaBuildError) as info:
+        cuda_build.build(src, "sm_90")
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("broken.cu: nvcc failed (sm_90):"), msg
+    assert "undefined_name" in msg, msg
+    assert not any(p.is_file() for p in cache.rglob("*")), list(cache.rglob("*"))
+
+
+def test_no_compiler_is_a_clear_error(tmp_path: Path, cache: Path, monkeypatch) -> None:
+    monkeypatch.setattr(cuda_build, "find_nvcc", lambda: None)
+    src = tmp_path / "k.cu"
+    src.write_text(HOST_SOURCE)
+    with pytest.raises(cuda_build.CudaBuildError, match=r"^k.cu: no CUDA compiler \(nvcc\)"):
+        cuda_build.build(src, "sm_90")
+
+
+@needs_nvcc
+def test_w4a16_decode_kernel_compiles(cache: Path) -> None:
+    src = Path(kernel("w4a16").__file__).with_name("mma_decode.cu")
+    lib = ctypes.CDLL(str(cuda_build.build(src, "sm_90")))
+    lib.w4a16_mma_error_string.restype = ctypes.c_char_p
+    lib.w4a16_mma_error_string.argtypes = [ctypes.c_int]
+    assert lib.w4a16_mma_error_string(1) == b"invalid argument"     # cudaErrorInvalidValue
