@@ -6,7 +6,8 @@
 #   bash bench/device_suite.sh e2e       # SmolLM2 on the GPU (test + CLI), GEMM benchmark
 #
 # Run from the repo root on the GPU machine; logs and tables go to $OUT (default /tmp/out).
-# `kernels` starts bench/decode.py --build-only in its own session (setsid) so the 8B
+# `kernels` also times int4 decode with the CUDA W4A16 decode kernel off (A/B). It starts
+# bench/decode.py --build-only in its own session (setsid) so the 8B
 # checkpoint and its artifacts are built in /dev/shm while the GPU tests run, then waits for
 # them. Environment: SCHEMES (bf16,int4), PEERS (decode.py's --peers, none by default: the
 # anchor script is the peer), GPU_TESTS (test files), TEST_TIMEOUT (s), NPF_SWEEP (W4A16
@@ -39,6 +40,9 @@ kernels)
   tail -3 $W/build.log
   python3 bench/decode.py --work $W --schemes ${SCHEMES:-bf16,int4} --peers "${PEERS:-}" \
     --pdl-ab --out "$OUT/decode.md" 2>&1 | tee "$OUT/decode.log" | tail -16
+  echo "--- int4 with the Triton W4A16 kernel at every M (OPTIMIZER_W4A16_MMA=0)"
+  OPTIMIZER_W4A16_MMA=0 python3 bench/decode.py --work $W --schemes int4 --batches 1,2,4,8 \
+    --prefill 0 --peers "" 2>&1 | tail -1
   [ -f .peer/anchor_decode.py ] && python3 .peer/anchor_decode.py 2>&1 \
     | tee "$OUT/anchor_decode.log" | tail -12
   for npf in ${NPF_SWEEP:-}; do        # W4A16's L2 prefetch depth (kernels/w4a16, PDL)
