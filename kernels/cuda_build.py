@@ -21,6 +21,7 @@ import hashlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -68,6 +69,8 @@ def build(source: Path, arch: str) -> Path:
     if lib.is_file():
         return lib
     folder.mkdir(parents=True, exist_ok=True)
+    print(f"optimizer: compiling {source.name} for {arch} with nvcc (first use, cached in "
+          f"{folder})", file=sys.stderr, flush=True)
     fd, tmp = tempfile.mkstemp(prefix=source.stem + ".", suffix=".so.tmp", dir=folder)
     os.close(fd)
     try:
