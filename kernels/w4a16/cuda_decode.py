@@ -54,7 +54,7 @@ class MmaConfig:
             raise ValueError(f"MmaConfig.split_k: expected 0..64, got {self.split_k}")
 
 
-def choose_split(m: int, n: int, kp: int, cfg: MmaConfig, sms: int) -> int:
+def choose_split(m: int, kp: int, cfg: MmaConfig) -> int:
     """CTAs along K: 1, or 2 where a warp would otherwise stream more than 8 K blocks
     (down projections); more only as far as the staged x needs to fit in SMEM_MAX."""
     blocks = kp // 128
@@ -74,7 +74,7 @@ def pick_config(m: int, n: int, kp: int, sms: int = 132) -> MmaConfig:
     tiles = -(-n // 32)
     wide = tiles > 2 * sms
     cfg = MmaConfig(warps=4 if wide else 8, inflight=2, stage_x=m == 1 and not wide)
-    return dataclasses.replace(cfg, split_k=choose_split(m, n, kp, cfg, sms))
+    return dataclasses.replace(cfg, split_k=choose_split(m, kp, cfg))
 
 
 @functools.lru_cache(maxsize=None)
@@ -122,7 +122,7 @@ def w4a16_mma(x: torch.Tensor, prepared: dict[str, torch.Tensor], bias: torch.Te
     kp, n = qweight.shape[0] * 8, qweight.shape[1]
     if cfg is None:
         cfg = pick_config(m, n, kp, sm_count(x.device))
-    split = cfg.split_k or choose_split(m, n, kp, cfg, sm_count(x.device))
+    split = cfg.split_k or choose_split(m, kp, cfg)
     blocks = kp // 128
     split = min(split, blocks)
     per = -(-blocks // split)
