@@ -1,9 +1,9 @@
 """kernels/cuda_build.py: nvcc builds at first use, cached, atomic, with one-line errors.
 
 Runs on CPU where nvcc is installed (no GPU needed: the libraries are built and loaded, and
-only host functions are called); skipped where there is no nvcc. The last test compiles the
-real W4A16 decode kernel (kernels/w4a16/mma_decode.cu) for sm_90, so a source that does not
-compile fails CI, which has no GPU to run it on.
+only host functions are called); skipped where there is no nvcc. The last tests compile the
+real kernels (kernels/w4a16/mma_decode.cu, kernels/gemv/gemv.cu) for sm_90, so a source that
+does not compile fails CI, which has no GPU to run it on.
 """
 
 from __future__ import annotations
@@ -77,3 +77,12 @@ def test_w4a16_decode_kernel_compiles(cache: Path) -> None:
     lib.w4a16_mma_error_string.restype = ctypes.c_char_p
     lib.w4a16_mma_error_string.argtypes = [ctypes.c_int]
     assert lib.w4a16_mma_error_string(1) == b"invalid argument"     # cudaErrorInvalidValue
+
+
+@needs_nvcc
+def test_gemv_kernel_compiles(cache: Path) -> None:
+    src = Path(kernel("gemv").__file__).with_name("gemv.cu")
+    lib = ctypes.CDLL(str(cuda_build.build(src, "sm_90")))
+    lib.gemv_error_string.restype = ctypes.c_char_p
+    lib.gemv_error_string.argtypes = [ctypes.c_int]
+    assert lib.gemv_error_string(1) == b"invalid argument"

@@ -27,7 +27,9 @@ from .. import cuda_build, pdl
 from ..device_info import sm_count
 
 MAX_M = 8                     # the MMA's n dimension: rows of x per launch
-AUTO_MAX_M = 4                # rows up to which path="auto" picks this kernel
+# rows up to which path="auto" picks this kernel; OPTIMIZER_W4A16_MMA_MAX_M (1..8) moves
+# it, for A/B measurements (bench/decode_profile.py)
+AUTO_MAX_M = max(1, min(MAX_M, int(os.environ.get("OPTIMIZER_W4A16_MMA_MAX_M", "4"))))
 SOURCE = Path(__file__).with_name("mma_decode.cu")
 SMEM_MAX = 96 * 1024          # staged x per CTA: M * (its K blocks) * 256 bytes
 
