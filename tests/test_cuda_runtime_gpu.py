@@ -127,7 +127,7 @@ class TestGPU:
             for slot, p in enumerate((_ids(5, 1), _ids(8, 2))):
                 eng.prefill(torch.tensor(p), slot)
             cap.tokens.copy_(torch.tensor([3, 4]))
-            cap.positions.copy_(torch.tensor([5, 8]))
+            cap.set_positions(torch.tensor([5, 8]))
             steps = []
             for _ in range(4):
                 eng.step(cap)

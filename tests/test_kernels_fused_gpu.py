@@ -302,14 +302,24 @@ class TestGPU:
         check_decode(b, 32, 8, 128, s_max, dtype, "cuda", window=window,
                      lengths=[s_max, window, 3][:b])
 
+    @pytest.mark.parametrize("fused", [True, False])
     @pytest.mark.parametrize("chunk,block_n", [(64, 64), (128, 32), (256, 64), (4096, 64)])
-    def test_decode_configs(self, chunk: int, block_n: int) -> None:
+    def test_decode_configs(self, chunk: int, block_n: int, fused: bool) -> None:
         """Forced chunk sizes (many chunks; one chunk: the split kernel writes out itself),
-        a zero length, a custom scale, fp32 (IEEE dots)."""
+        a zero length, a custom scale, fp32 (IEEE dots); the combine fused into the split
+        kernel (the last arrival) or a kernel of its own."""
         check_decode(4, 12, 3, 128, 1000, torch.bfloat16, "cuda", window=300,
-                     lengths=[1000, 0, 301], chunk=chunk, block_n=block_n)
+                     lengths=[1000, 0, 301], chunk=chunk, block_n=block_n, fused=fused)
         check_decode(3, 8, 2, 64, 700, torch.float32, "cuda", scale=0.3, chunk=chunk,
-                     block_n=block_n)
+                     block_n=block_n, fused=fused)
+
+    def test_decode_locks_reused(self) -> None:
+        """One counter buffer across calls and shapes (as the engine passes it): left zero."""
+        locks = torch.zeros(64, dtype=torch.int32, device="cuda")
+        for _ in range(3):
+            check_decode(8, 32, 8, 128, 600, torch.bfloat16, "cuda", chunk=64, locks=locks)
+            check_decode(2, 9, 3, 64, 300, torch.float16, "cuda", chunk=64, locks=locks)
+        assert not locks.any()
 
     def test_decode_odd_shapes(self) -> None:
         """D = 96 and 256, MQA (32 q heads on one kv head: BLOCK_R = 32)."""
@@ -393,10 +403,13 @@ class TestInterpreter:
 
     @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
     @pytest.mark.parametrize("hq,hk,d", [(4, 4, 64), (9, 3, 64), (8, 2, 128)])
-    def test_decode_split(self, hq: int, hk: int, d: int, dtype: torch.dtype) -> None:
-        """Several chunks per sequence, ragged lengths (one of 1, one of S_max)."""
+    @pytest.mark.parametrize("fused", [True, False])
+    def test_decode_split(self, hq: int, hk: int, d: int, dtype: torch.dtype,
+                          fused: bool) -> None:
+        """Several chunks per sequence, ragged lengths (one of 1, one of S_max); the combine
+        in the split kernel or its own."""
         check_decode(3, hq, hk, d, 200, dtype, "cpu", lengths=[1, 200], chunk=64,
-                     block_n=32)
+                     block_n=32, fused=fused)
 
     def test_decode_odd_head_dim_mqa(self) -> None:
         """D = 96 (masked to a 128 tile), 8 q heads per kv head, 24 per kv head (BLOCK_R 32)."""

@@ -168,3 +168,20 @@ class TestCuda:
                                        w[:, :60])                                    # K % 8
         with pytest.raises(ValueError, match="expected CUDA x"):
             cuda_gemv.gemv(torch.randn(1, 64, device="cuda"), w)
+
+    @pytest.mark.parametrize("m", [1, 2, 4])
+    def test_float32_out(self, m: int) -> None:
+        """out_dtype float32 (the engine's logits): the float32 sums, unrounded (1e-4 of
+        float64 where a bf16 rounding would give ~4e-3)."""
+        from optimizer.kernels.gemv import cuda_gemv
+        gen = torch.Generator(device="cuda").manual_seed(int.from_bytes(os.urandom(4), "little"))
+        x = torch.randn(m, 576, generator=gen, device="cuda").bfloat16()
+        w = (torch.randn(49152, 576, generator=gen, device="cuda") * 0.05).bfloat16()
+        if not cuda_gemv.available(x, w):
+            pytest.skip("the CUDA GEMV is not available here (no nvcc?)")
+        y = cuda_gemv.gemv(x, w, out_dtype=torch.float32)
+        assert y.dtype == torch.float32
+        ref = gemv_ref(x.double(), w.double())
+        assert ((y.double() - ref).norm() / ref.norm()).item() < 1e-4
+        with pytest.raises(ValueError, match="out_dtype"):
+            cuda_gemv.gemv(x, w, out_dtype=torch.float16)

@@ -11,9 +11,12 @@ in BLOCK_N tiles; each K/V tile is loaded once for the group's R query heads (ro
 [BLOCK_R >= 16, D] q tile, so both products are tensor-core dots). Online softmax in float32,
 base 2 (scores times scale * log2 e): per (b, h, c) it stores the unnormalized partial
 ``acc = sum_p 2^(s_p - m) v_p``, ``m = max_p s_p`` and ``l = sum_p 2^(s_p - m)``.
-Combine kernel, grid (B * Hq,): ``out = sum_c 2^(m_c - M) acc_c / sum_c 2^(m_c - M) l_c``
-over the chunks that hold a valid position (M = max_c m_c). With one chunk (NC = 1) the
-split kernel writes out itself. Probabilities are rounded to v's dtype before the second
+Combine: ``out = sum_c 2^(m_c - M) acc_c / sum_c 2^(m_c - M) l_c`` over the chunks that
+hold a valid position (M = max_c m_c), in chunk order. By default the last split program of
+each (b, g) to finish (an arrival counter per (b, g), reset after use) does it for the R
+heads of its group, so the step needs one launch (on an H200 the separate combine kernel,
+grid (B * Hq,), cost 2-4.6 µs a layer at batch 1, bench/decode_profile.py); ``fused=False``
+runs that kernel instead. With one chunk (NC = 1) the split kernel writes out itself. Probabilities are rounded to v's dtype before the second
 dot, as the reference rounds them.
 
 CUDA-graph capturable: the grid depends on shapes only (B, Hk, S_max), lengths are read on
@@ -42,12 +45,13 @@ NO_WINDOW = 1 << 30
 
 
 @triton.jit
-def _split_kernel(q_ptr, k_ptr, v_ptr, len_ptr, ws_ptr, ml_ptr, o_ptr,
+def _split_kernel(q_ptr, k_ptr, v_ptr, len_ptr, ws_ptr, ml_ptr, o_ptr, lock_ptr,
                   stride_qb, stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
                   stride_ob, qk_scale, window, CHUNK, NUM_CHUNKS,
                   HK: tl.constexpr, R: tl.constexpr, D: tl.constexpr, BLOCK_R: tl.constexpr,
                   BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, SINGLE: tl.constexpr,
-                  IEEE: tl.constexpr, PDL: tl.constexpr):
+                  FUSED: tl.constexpr, BLOCK_C: tl.constexpr, IEEE: tl.constexpr,
+                  PDL: tl.constexpr):
     pdl.wait(PDL)
     pdl.release(PDL)
     pid = tl.program_id(0)
@@ -106,6 +110,54 @@ def _split_kernel(q_ptr, k_ptr, v_ptr, len_ptr, ws_ptr, ml_ptr, o_ptr,
         tl.store(ws_ptr + row[:, None] * D + offs_d[None, :], acc, mask=mask_rd & has)
         tl.store(ml_ptr + row * 2, m_i, mask=(offs_r < R) & has)
         tl.store(ml_ptr + row * 2 + 1, l_i, mask=(offs_r < R) & has)
+        if FUSED:                          # the last of the group's chunks combines them
+            tl.debug_barrier()             # all partial stores of this program first
+            count = tl.atomic_add(lock_ptr + pid, 1, sem="acq_rel", scope="gpu")
+            if count == NUM_CHUNKS - 1:
+                _combine_group(ws_ptr, ml_ptr, o_ptr, b, heads, offs_r, offs_d, mask_rd,
+                               stride_ob, lo, length, CHUNK, NUM_CHUNKS, HK, R, D, BLOCK_R,
+                               BLOCK_D, BLOCK_C)
+                tl.atomic_xchg(lock_ptr + pid, 0)
+
+
+@triton.jit
+def _combine_group(ws_ptr, ml_ptr, o_ptr, b, heads, offs_r, offs_d, mask_rd, stride_ob, lo,
+                   length, CHUNK, NUM_CHUNKS, HK: tl.constexpr, R: tl.constexpr,
+                   D: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+                   BLOCK_C: tl.constexpr):
+    """The combine kernel's sum for one (b, g): the R heads' chunk partials in chunk order,
+    read past L1 (other programs wrote them); the maxima of BLOCK_C chunks in one load, the
+    partials of 4 chunks per round trip."""
+    c_lo = lo // CHUNK
+    c_hi = tl.cdiv(length, CHUNK)
+    base = (b * (HK * R) + heads) * NUM_CHUNKS                               # [BR]
+    mask_r = offs_r < R
+    offs_c = tl.arange(0, BLOCK_C)
+    m_max = tl.full([BLOCK_R], float("-inf"), tl.float32)
+    for c0 in range(c_lo, c_hi, BLOCK_C):
+        cs = c0 + offs_c
+        m = tl.load(ml_ptr + (base[None, :] + cs[:, None]) * 2,
+                    mask=(cs < c_hi)[:, None] & mask_r[None, :], other=float("-inf"),
+                    cache_modifier=".cg")                                    # [BC, BR]
+        m_max = tl.maximum(m_max, tl.max(m, 0))
+    l_sum = tl.zeros([BLOCK_R], tl.float32)
+    total = tl.zeros([BLOCK_R, BLOCK_D], tl.float32)
+    for c0 in range(c_lo, c_hi, 4):
+        for j in tl.static_range(4):
+            ok = c0 + j < c_hi
+            row = base + c0 + j
+            m = tl.load(ml_ptr + row * 2, mask=mask_r & ok, other=float("-inf"),
+                        cache_modifier=".cg")
+            el = tl.load(ml_ptr + row * 2 + 1, mask=mask_r & ok, other=0.0,
+                         cache_modifier=".cg")
+            a = tl.load(ws_ptr + row[:, None] * D + offs_d[None, :], mask=mask_rd & ok,
+                        other=0.0, cache_modifier=".cg")
+            w = tl.where(mask_r & ok, tl.exp2(m - m_max), 0.0)
+            l_sum += w * el
+            total += w[:, None] * a
+    out = tl.where(l_sum[:, None] > 0, total / l_sum[:, None], 0.0)
+    tl.store(o_ptr + b * stride_ob + heads[:, None] * D + offs_d[None, :],
+             out.to(o_ptr.dtype.element_ty), mask=mask_rd)
 
 
 @triton.jit
@@ -158,12 +210,15 @@ def pick_chunk(b: int, hk: int, s_max: int, block_n: int, sms: int) -> int:
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
                      lengths: torch.Tensor, n_heads: int, n_kv_heads: int,
                      window: int | None = None, scale: float | None = None,
-                     out: torch.Tensor | None = None, *, chunk: int | None = None,
+                     out: torch.Tensor | None = None, *, locks: torch.Tensor | None = None,
+                     fused: bool = True, chunk: int | None = None,
                      block_n: int | None = None, num_warps: int = 4,
                      num_stages: int = 2) -> torch.Tensor:
     """q [B, Hq*D], caches [B, S_max, Hk, D], lengths [B] int32 -> out [B, Hq*D] in q's
-    dtype (see the module doc). ``chunk`` / ``block_n`` / warps / stages override the
-    shape-based choice (a power-of-two multiple of block_n; for tuning)."""
+    dtype (see the module doc). ``locks``: int32 zeros of at least B * Hk entries, left zero
+    (the fused combine's arrival counters; allocated per call when None); ``fused=False``
+    combines in a second kernel instead. ``chunk`` / ``block_n`` / warps / stages override
+    the shape-based choice (a power-of-two multiple of block_n; for tuning)."""
     bsz, s_max, hk, d = k_cache.shape
     if hk != n_kv_heads or n_heads % n_kv_heads or q.shape != (bsz, n_heads * d):
         raise ValueError(f"q {tuple(q.shape)}, cache {tuple(k_cache.shape)}: expected "
@@ -196,14 +251,21 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
                      device=q.device)
     ml = torch.empty((bsz * n_heads * nc * 2) if not single else 1, dtype=torch.float32,
                      device=q.device)
+    fused = fused and not single
+    if fused:
+        if locks is None:
+            locks = torch.zeros(bsz * hk, dtype=torch.int32, device=q.device)
+        elif locks.dtype != torch.int32 or locks.numel() < bsz * hk:
+            raise ValueError(f"locks: expected int32 with at least {bsz * hk} entries")
     _split_kernel[(bsz * hk, nc)](
-        q, k_cache, v_cache, lengths, ws, ml, o, q.stride(0), k_cache.stride(0),
-        k_cache.stride(1), k_cache.stride(2), v_cache.stride(0), v_cache.stride(1),
-        v_cache.stride(2), o.stride(0), qk_scale, win, chunk, nc, HK=hk, R=r, D=d,
-        BLOCK_R=max(16, triton.next_power_of_2(r)), BLOCK_D=block_d, BLOCK_N=block_n,
-        SINGLE=single, IEEE=q.dtype == torch.float32, num_warps=num_warps,
-        num_stages=num_stages, **pdl.launch_args(q))
-    if not single:
+        q, k_cache, v_cache, lengths, ws, ml, o, locks if fused else ml, q.stride(0),
+        k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0),
+        v_cache.stride(1), v_cache.stride(2), o.stride(0), qk_scale, win, chunk, nc, HK=hk,
+        R=r, D=d, BLOCK_R=max(16, triton.next_power_of_2(r)), BLOCK_D=block_d,
+        BLOCK_N=block_n, SINGLE=single, FUSED=fused,
+        BLOCK_C=min(16, triton.next_power_of_2(nc)), IEEE=q.dtype == torch.float32,
+        num_warps=num_warps, num_stages=num_stages, **pdl.launch_args(q))
+    if not single and not fused:
         _combine_kernel[(bsz * n_heads,)](
             ws, ml, lengths, o, o.stride(0), win, chunk, nc, HQ=n_heads, D=d,
             BLOCK_C=min(16, triton.next_power_of_2(nc)), BLOCK_D=block_d,

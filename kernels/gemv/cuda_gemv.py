@@ -76,7 +76,7 @@ def _library(index: int) -> ctypes.CDLL | None:
         return None
     fn = lib.gemv_launch
     fn.restype = ctypes.c_int
-    fn.argtypes = ([ctypes.c_int] * 3 + [ctypes.c_void_p] * 4 + [ctypes.c_int] * 6
+    fn.argtypes = ([ctypes.c_int] * 4 + [ctypes.c_void_p] * 4 + [ctypes.c_int] * 6
                    + [ctypes.c_void_p, ctypes.c_int])
     lib.gemv_error_string.restype = ctypes.c_char_p
     lib.gemv_error_string.argtypes = [ctypes.c_int]
@@ -108,8 +108,10 @@ def available(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
-         out: torch.Tensor | None = None, cfg: GemvConfig | None = None) -> torch.Tensor:
-    """x [M, K] @ weight [N, K]^T (+ bias [N]) -> [M, N] in x's dtype; `available` true."""
+         out: torch.Tensor | None = None, cfg: GemvConfig | None = None,
+         out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """x [M, K] @ weight [N, K]^T (+ bias [N]) -> [M, N] in ``out_dtype`` (x's dtype, or
+    float32: the float32 sums unrounded, for logits); `available` true."""
     if not supported(x, weight):
         raise ValueError(f"cuda gemv: x {x.dtype} {tuple(x.shape)} strides {x.stride()}, "
                          f"weight {weight.dtype} {tuple(weight.shape)} strides "
@@ -121,9 +123,12 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
                              or not bias.is_contiguous()):
         raise ValueError(f"cuda gemv: bias {bias.dtype} {tuple(bias.shape)}, expected a "
                          f"contiguous {x.dtype} ({n},)")
-    y = out if out is not None else torch.empty((m, n), dtype=x.dtype, device=x.device)
-    if y.shape != (m, n) or y.dtype != x.dtype or y.stride(1) != 1:
-        raise ValueError(f"cuda gemv: out must be a {x.dtype} ({m}, {n}) tensor with unit "
+    dt = out_dtype or (out.dtype if out is not None else x.dtype)
+    if dt not in (x.dtype, torch.float32):
+        raise ValueError(f"cuda gemv: out_dtype {dt}: expected {x.dtype} or torch.float32")
+    y = out if out is not None else torch.empty((m, n), dtype=dt, device=x.device)
+    if y.shape != (m, n) or y.dtype != dt or y.stride(1) != 1:
+        raise ValueError(f"cuda gemv: out must be a {dt} ({m}, {n}) tensor with unit "
                          f"stride along N")
     if n == 0:
         return y
@@ -132,7 +137,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         raise RuntimeError("cuda gemv: the kernel could not be built for this device")
     cfg = cfg or pick_config(m, n, k)
     err = lib.gemv_launch(
-        int(x.dtype == torch.bfloat16), cfg.rows, cfg.warps, x.data_ptr(), weight.data_ptr(),
+        int(x.dtype == torch.bfloat16), int(dt == torch.float32 != x.dtype), cfg.rows,
+        cfg.warps, x.data_ptr(), weight.data_ptr(),
         bias.data_ptr() if bias is not None else None, y.data_ptr(), m, n, k, x.stride(0),
         weight.stride(0), y.stride(0), torch.cuda.current_stream(x.device).cuda_stream,
         int(pdl.enabled(x)))

@@ -1,5 +1,6 @@
 // Float GEMV for decode in CUDA C++: y[M, N] = x[M, K] @ W^T (+ bias), W [N, K] bf16/fp16
-// row-major, M <= 4. Built and launched by cuda_gemv.py; its reference is reference.py.
+// row-major, M <= 4, y in x's dtype or float32 (F32: the engine's logits). Built and
+// launched by cuda_gemv.py; its reference is reference.py.
 //
 // Work: CTA = WK warps on R rows of W; the K axis is cut into chunks of 256 (32 lanes x 8
 // values, one 16-byte load per lane), warp w takes chunks w, w + WK, ... . Per chunk a lane
@@ -53,10 +54,10 @@ __device__ __forceinline__ float act_float(uint16_t v) {
 }
 
 // MR: rows of x the kernel is built for (M <= MR; rows past M read as 0 and are not stored)
-template <bool BF16, int MR, int R, int WK>
+template <bool BF16, bool F32, int MR, int R, int WK>
 __global__ void __launch_bounds__(WK * 32)
 gemv_kernel(const uint16_t* __restrict__ x, const uint16_t* __restrict__ w,
-            const uint16_t* __restrict__ bias, uint16_t* __restrict__ y, int M, int N, int K,
+            const uint16_t* __restrict__ bias, void* __restrict__ y, int M, int N, int K,
             int stride_xm, int stride_w, int stride_ym, int pdl) {
   __shared__ float red[WK][MR][R];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -146,11 +147,14 @@ gemv_kernel(const uint16_t* __restrict__ x, const uint16_t* __restrict__ w,
 #pragma unroll
     for (int q = 0; q < WK; ++q) v += red[q][m][r];
     if (bias) v += act_float<BF16>(bias[row]);
-    y[(size_t)m * stride_ym + row] = to_act<BF16>(v);
+    if (F32)
+      reinterpret_cast<float*>(y)[(size_t)m * stride_ym + row] = v;
+    else
+      reinterpret_cast<uint16_t*>(y)[(size_t)m * stride_ym + row] = to_act<BF16>(v);
   }
 }
 
-template <bool BF16, int MR, int R, int WK>
+template <bool BF16, bool F32, int MR, int R, int WK>
 cudaError_t launch(const void* x, const void* w, const void* bias, void* y, int M, int N,
                    int K, int sxm, int sw, int sym, cudaStream_t stream, int pdl) {
   cudaLaunchConfig_t cfg = {};
@@ -162,17 +166,17 @@ cudaError_t launch(const void* x, const void* w, const void* bias, void* y, int 
   attr[0].val.programmaticStreamSerializationAllowed = pdl ? 1 : 0;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, gemv_kernel<BF16, MR, R, WK>, (const uint16_t*)x,
-                            (const uint16_t*)w, (const uint16_t*)bias, (uint16_t*)y, M, N, K,
+  return cudaLaunchKernelEx(&cfg, gemv_kernel<BF16, F32, MR, R, WK>, (const uint16_t*)x,
+                            (const uint16_t*)w, (const uint16_t*)bias, y, M, N, K,
                             sxm, sw, sym, pdl);
 }
 
-template <bool BF16, int MR>
+template <bool BF16, bool F32, int MR>
 cudaError_t by_tile(int r, int wk, const void* x, const void* w, const void* bias, void* y,
                     int M, int N, int K, int sxm, int sw, int sym, cudaStream_t st, int pdl) {
 #define GEMV_CASE(RR, W)                                                                    \
   if (r == RR && wk == W)                                                                   \
-    return launch<BF16, MR, RR, W>(x, w, bias, y, M, N, K, sxm, sw, sym, st, pdl);
+    return launch<BF16, F32, MR, RR, W>(x, w, bias, y, M, N, K, sxm, sw, sym, st, pdl);
   GEMV_CASE(4, 4) GEMV_CASE(4, 8) GEMV_CASE(8, 4) GEMV_CASE(8, 8) GEMV_CASE(16, 4)
   GEMV_CASE(16, 8)
 #undef GEMV_CASE
@@ -181,21 +185,24 @@ cudaError_t by_tile(int r, int wk, const void* x, const void* w, const void* bia
 
 }  // namespace
 
-// bf16: 1 for bfloat16, 0 for float16; r: rows of W per CTA (4, 8, 16); wk: warps per CTA
-// (4, 8). x [M, K] (M <= 4), W [N, K], y [M, N]: unit stride along K / N, 16-byte aligned
-// rows (K, stride_xm and stride_w multiples of 8). Returns a cudaError_t (0: launched).
-extern "C" int gemv_launch(int bf16, int r, int wk, const void* x, const void* w,
+// bf16: 1 for bfloat16, 0 for float16; f32: y is float32 (else x's dtype); r: rows of W
+// per CTA (4, 8, 16); wk: warps per CTA (4, 8). x [M, K] (M <= 4), W [N, K], y [M, N]: unit
+// stride along K / N, 16-byte aligned rows (K, stride_xm and stride_w multiples of 8).
+// Returns a cudaError_t (0: launched).
+extern "C" int gemv_launch(int bf16, int f32, int r, int wk, const void* x, const void* w,
                            const void* bias, void* y, int M, int N, int K, int stride_xm,
                            int stride_w, int stride_ym, void* stream, int pdl) {
   cudaStream_t st = (cudaStream_t)stream;
   const int mr = M <= 1 ? 1 : M <= 2 ? 2 : 4;
   if (M > 4) return (int)cudaErrorInvalidValue;
-#define GEMV_M(B, MM)                                                                       \
-  if ((bool)bf16 == B && mr == MM)                                                          \
-    return (int)by_tile<B, MM>(r, wk, x, w, bias, y, M, N, K, stride_xm, stride_w,          \
-                               stride_ym, st, pdl);
-  GEMV_M(true, 1) GEMV_M(true, 2) GEMV_M(true, 4) GEMV_M(false, 1) GEMV_M(false, 2)
-  GEMV_M(false, 4)
+#define GEMV_M(B, F, MM)                                                                    \
+  if ((bool)bf16 == B && (bool)f32 == F && mr == MM)                                        \
+    return (int)by_tile<B, F, MM>(r, wk, x, w, bias, y, M, N, K, stride_xm, stride_w,       \
+                                  stride_ym, st, pdl);
+  GEMV_M(true, false, 1) GEMV_M(true, false, 2) GEMV_M(true, false, 4)
+  GEMV_M(false, false, 1) GEMV_M(false, false, 2) GEMV_M(false, false, 4)
+  GEMV_M(true, true, 1) GEMV_M(true, true, 2) GEMV_M(true, true, 4)
+  GEMV_M(false, true, 1) GEMV_M(false, true, 2) GEMV_M(false, true, 4)
 #undef GEMV_M
   return (int)cudaErrorInvalidValue;
 }

@@ -12,7 +12,9 @@ The whole row sits in registers (BLOCK = next power of two >= H, 16-byte vector 
 is read once and s, y written once: 2 (3 with the residual) reads and 1 (2) writes of T*H.
 
 Preconditions: x, residual [T, H] (any leading shape is flattened; unit stride along H),
-residual of x's dtype, weight [H] contiguous, H <= 65536.
+residual of x's dtype, weight [H] contiguous, H <= 65536. Under PDL (kernels/pdl.py) the
+weight is read before the wait for the previous kernel: it must be a weight, not something
+the previous kernel writes.
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ MAX_H = 65536
 def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, s_ptr, y_ptr, H, stride_x, stride_r, stride_s,
                      stride_y, eps, HAS_RES: tl.constexpr, BLOCK: tl.constexpr,
                      PDL: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    mask = offs < H
+    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)   # a weight: before the wait
     pdl.wait(PDL)
     pdl.release(PDL)
     row = tl.program_id(0).to(tl.int64)
-    offs = tl.arange(0, BLOCK)
-    mask = offs < H
     x = tl.load(x_ptr + row * stride_x + offs, mask=mask, other=0.0)
     if HAS_RES:
         r = tl.load(r_ptr + row * stride_r + offs, mask=mask, other=0.0)
@@ -43,7 +46,6 @@ def _rms_norm_kernel(x_ptr, r_ptr, w_ptr, s_ptr, y_ptr, H, stride_x, stride_r, s
     xf = x.to(tl.float32)
     rstd = tl.rsqrt(tl.sum(xf * xf, axis=0) / H + eps)
     n = (xf * rstd).to(x_ptr.dtype.element_ty).to(tl.float32)
-    w = tl.load(w_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     tl.store(y_ptr + row * stride_y + offs, (w * n).to(y_ptr.dtype.element_ty), mask=mask)
 
 

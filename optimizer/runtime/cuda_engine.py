@@ -23,6 +23,7 @@ from optimizer.errors import InvalidInput
 from optimizer.ir import Graph
 from optimizer.ir.weights import WeightStore
 from optimizer.kernels.rope.reference import inv_freq
+from optimizer.kernels.sampling.reference import greedy_step as greedy_reference
 from optimizer.runtime.cuda_ops import OPS, Step, group_nodes
 
 
@@ -35,6 +36,9 @@ class KVCache:
         self.k = {i: torch.zeros(batch, seq, hk, d, dtype=dtype, device=device)
                   for i, (hk, d) in layers.items()}
         self.v = {i: torch.zeros_like(t) for i, t in self.k.items()}
+        # the decode attention's arrival counters (one per sequence and kv head, kept zero)
+        self.locks = torch.zeros(batch * max((hk for hk, _ in layers.values()), default=1),
+                                 dtype=torch.int32, device=device)
 
     def layer(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         return self.k[i], self.v[i]
@@ -51,7 +55,17 @@ class Captured:
     graph: torch.cuda.CUDAGraph | None
     tokens: torch.Tensor      # [B] int64: this step's input tokens (the argmax after replay)
     positions: torch.Tensor   # [B] int64: this step's positions (incremented after replay)
-    logits: torch.Tensor      # [B, V] the step's logits
+    logits: torch.Tensor      # [B, V] the step's logits (the captured graph's output)
+    lengths: torch.Tensor     # [B] int32: positions + 1, kept so by the step itself
+    counters: torch.Tensor    # [B] int32 zeros: the greedy kernel's arrival counters
+
+    def set_positions(self, values: torch.Tensor | int) -> None:
+        """Set the next step's positions (and with them the attention lengths)."""
+        if isinstance(values, int):
+            self.positions.fill_(values)
+        else:
+            self.positions.copy_(values)
+        self.lengths.copy_(self.positions + 1)
 
 
 def _round_up(a: int, b: int) -> int:
@@ -165,11 +179,16 @@ class CudaEngine:
         return self._forward(tokens, Step(prefill=True, positions=positions, slot=slot))
 
     def _decode(self, cap: Captured) -> None:
-        lengths = (cap.positions + 1).to(torch.int32)
-        logits = self._forward(cap.tokens, Step(False, cap.positions, lengths=lengths))
-        cap.logits.copy_(logits)
-        cap.tokens.copy_(logits.argmax(-1))
-        cap.positions.add_(1)
+        logits = self._forward(cap.tokens, Step(False, cap.positions, lengths=cap.lengths))
+        cap.logits = logits                  # under capture: the graph's static output
+        if logits.is_cuda:                   # argmax, positions + 1, lengths: one launch
+            from optimizer.kernels.sampling.triton_greedy import greedy_step
+            greedy_step(logits, cap.tokens, cap.positions, cap.lengths, cap.counters)
+        else:
+            tokens, positions, lengths = greedy_reference(logits, cap.positions)
+            cap.tokens.copy_(tokens)
+            cap.positions.copy_(positions)
+            cap.lengths.copy_(lengths)
 
     def decoder(self, batch: int) -> Captured:
         """The decode step for sequences 0..batch-1 (captured in a CUDA graph on first use).
@@ -182,17 +201,19 @@ class CudaEngine:
         dev = self.device
         cap = Captured(None, torch.zeros(batch, dtype=torch.int64, device=dev),
                        torch.zeros(batch, dtype=torch.int64, device=dev),
-                       torch.empty(batch, self.vocab, dtype=self.dtype, device=dev))
+                       torch.empty(batch, self.vocab, dtype=self.dtype, device=dev),
+                       torch.ones(batch, dtype=torch.int32, device=dev),
+                       torch.zeros(batch, dtype=torch.int32, device=dev))
         with torch.inference_mode():
             if self.use_graphs:
                 side = torch.cuda.Stream(dev)
                 side.wait_stream(torch.cuda.current_stream(dev))
                 with torch.cuda.stream(side):
                     for _ in range(2):
-                        cap.positions.zero_()
+                        cap.set_positions(0)
                         self._decode(cap)
                 torch.cuda.current_stream(dev).wait_stream(side)
-                cap.positions.zero_()
+                cap.set_positions(0)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph):
                     self._decode(cap)

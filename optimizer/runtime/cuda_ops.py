@@ -43,9 +43,20 @@ def _opt(eng: "CudaEngine", node: Node, role: str) -> torch.Tensor | None:
 
 
 def _linear(eng, node, xs, step):
-    """One token (M = 1) and a weight where it measured faster: our GEMV (kernels/gemv);
-    otherwise cuBLAS."""
+    """Decode-sized x (M <= 2): the CUDA GEMV (kernels/gemv/gemv.cu) where it is available,
+    with float32 output for the model's logits; else at M = 1 the Triton GEMV for the
+    weights where it measured faster than cuBLAS; otherwise cuBLAS.
+
+    Why float32 logits: rounded to bf16, logits of 16-32 are spaced 0.125 apart, so tokens
+    the model separates can tie. On SmolLM2 ("The capital of France is", greedy) step 24's
+    two best tokens differ by 0.057 in the float32 CPU reference and round to the same
+    bf16 value; the argmax then takes the lower token id."""
     x, w, b = xs[0], eng.weights[node.weight("weight")], _opt(eng, node, "bias")
+    if x.dim() == 2 and x.shape[0] <= 4 and (b is None or b.dtype == x.dtype):
+        from optimizer.kernels.gemv import cuda_gemv
+        if cuda_gemv.available(x, w) and cuda_gemv.prefer(x, w):
+            logits = node.outputs[0] in eng.graph.outputs
+            return cuda_gemv.gemv(x, w, b, out_dtype=torch.float32 if logits else None)
     if x.dim() == 2 and x.shape[0] == 1:
         from optimizer.kernels.gemv.triton_gemv import gemv, prefer, supported
         if supported(x, w) and prefer(w) and (b is None or b.dtype == x.dtype):
@@ -128,7 +139,8 @@ def _attention(eng, node, xs, step):
         return out.transpose(1, 2).reshape(t, hq * d)
     b = q.shape[0]
     cache_write(kc[:b], vc[:b], k, v, step.positions)
-    return decode_attention(q.contiguous(), kc[:b], vc[:b], step.lengths, hq, hk, window)
+    return decode_attention(q.contiguous(), kc[:b], vc[:b], step.lengths, hq, hk, window,
+                            locks=eng.cache.locks)
 
 
 def _rope_qk_attention(eng, node, xs, step):
@@ -145,7 +157,8 @@ def _rope_qk_attention(eng, node, xs, step):
     kc, vc = eng.cache.layer(node.attr("layer"))
     b = qkv.shape[0]
     q = rope_qk_cache(qkv, pos, eng.freqs_of(node), hq, hk, d, kc, vc)
-    return decode_attention(q, kc[:b], vc[:b], step.lengths, hq, hk, node.attr("window"))
+    return decode_attention(q, kc[:b], vc[:b], step.lengths, hq, hk, node.attr("window"),
+                            locks=eng.cache.locks)
 
 
 def group_nodes(nodes: list[Node]) -> list[Node]:

@@ -84,7 +84,7 @@ class CudaRuntime(Runtime):
         for i, p in enumerate(prompts):
             last[i] = eng.prefill(torch.tensor(p), slot=i)[-1]
         cap.tokens.copy_(sample_tokens(last, temperature, top_p, gen))
-        cap.positions.copy_(torch.tensor([len(p) for p in prompts], device=dev))
+        cap.set_positions(torch.tensor([len(p) for p in prompts], device=dev))
         sync()
         t1 = time.perf_counter()
         pinned = dev.type == "cuda"
