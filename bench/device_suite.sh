@@ -6,7 +6,8 @@
 #   bash bench/device_suite.sh e2e       # SmolLM2 on the GPU (test + CLI), GEMM benchmark
 #
 # Run from the repo root on the GPU machine; logs and tables go to $OUT (default /tmp/out).
-# `kernels` also times int4 decode with the CUDA W4A16 decode kernel off (A/B). It starts
+# `kernels` also runs the GEMV sweep, profiles a decode step of each artifact in place
+# (bench/decode_profile.py) and times int4 decode with the CUDA W4A16 decode kernel off (A/B). It starts
 # bench/decode.py --build-only in its own session (setsid) so the 8B
 # checkpoint and its artifacts are built in /dev/shm while the GPU tests run, then waits for
 # them. Environment: SCHEMES (bf16,int4), PEERS (decode.py's --peers, none by default: the
@@ -36,10 +37,13 @@ kernels)
   timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -m gpu -n 6 ${GPU_TESTS:-tests/} \
     -p no:cacheprovider 2>&1 | tee "$OUT/gpu_tests.log" | tail -15
   python3 bench/kernels_fused.py 2>&1 | tee "$OUT/kernels_fused.md" | tail -30
+  python3 bench/gemv_sweep.py 2>&1 | tee "$OUT/gemv_sweep.log" | tail -16
   while [ ! -f $W/built ] && pgrep -f "decode.py --build-only" > /dev/null; do sleep 5; done
   tail -3 $W/build.log
   python3 bench/decode.py --work $W --schemes ${SCHEMES:-bf16,int4} --peers "${PEERS:-}" \
     --pdl-ab --out "$OUT/decode.md" 2>&1 | tee "$OUT/decode.log" | tail -16
+  python3 bench/decode_profile.py $W/int4 $W/bf16 --batch 1 2>&1 | grep -v -i warn \
+    > "$OUT/decode_profile.md"; head -14 "$OUT/decode_profile.md"
   echo "--- int4 with the Triton W4A16 kernel at every M (OPTIMIZER_W4A16_MMA=0)"
   OPTIMIZER_W4A16_MMA=0 python3 bench/decode.py --work $W --schemes int4 --batches 1,2,4,8 \
     --prefill 0 --peers "" 2>&1 | tail -1

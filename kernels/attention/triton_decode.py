@@ -14,10 +14,14 @@ base 2 (scores times scale * log2 e): per (b, h, c) it stores the unnormalized p
 Combine: ``out = sum_c 2^(m_c - M) acc_c / sum_c 2^(m_c - M) l_c`` over the chunks that
 hold a valid position (M = max_c m_c), in chunk order. By default the last split program of
 each (b, g) to finish (an arrival counter per (b, g), reset after use) does it for the R
-heads of its group, so the step needs one launch (on an H200 the separate combine kernel,
-grid (B * Hq,), cost 2-4.6 µs a layer at batch 1, bench/decode_profile.py); ``fused=False``
-runs that kernel instead. With one chunk (NC = 1) the split kernel writes out itself. Probabilities are rounded to v's dtype before the second
-dot, as the reference rounds them.
+heads of its group, so attention is one launch; ``fused=False`` (or
+``OPTIMIZER_ATTN_FUSED=0``) runs the separate combine kernel, grid (B * Hq,), instead. On an
+H200 (bench/RESULTS.md) the fusion showed no gain: alone it was slower (8.7 against 5.1 µs
+at batch 1, 512 positions, different sessions), and in the decode step attention plus the o
+projection after it took about as long either way (10.4 against 10.7 µs a layer in int4),
+since the projection's weight loads overlap the attention under PDL. With one chunk
+(NC = 1) the split kernel writes out itself. Probabilities are rounded to v's dtype before
+the second dot, as the reference rounds them.
 
 CUDA-graph capturable: the grid depends on shapes only (B, Hk, S_max), lengths are read on
 the device, no host syncs; programs past a sequence's length loop zero times and store
@@ -31,6 +35,7 @@ power of two >= 16: D = 64 and 128 are the tuned cases).
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -211,13 +216,13 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
                      lengths: torch.Tensor, n_heads: int, n_kv_heads: int,
                      window: int | None = None, scale: float | None = None,
                      out: torch.Tensor | None = None, *, locks: torch.Tensor | None = None,
-                     fused: bool = True, chunk: int | None = None,
+                     fused: bool | None = None, chunk: int | None = None,
                      block_n: int | None = None, num_warps: int = 4,
                      num_stages: int = 2) -> torch.Tensor:
     """q [B, Hq*D], caches [B, S_max, Hk, D], lengths [B] int32 -> out [B, Hq*D] in q's
     dtype (see the module doc). ``locks``: int32 zeros of at least B * Hk entries, left zero
     (the fused combine's arrival counters; allocated per call when None); ``fused=False``
-    combines in a second kernel instead. ``chunk`` / ``block_n`` / warps / stages override
+    combines in a second kernel instead (default: fused, unless ``OPTIMIZER_ATTN_FUSED=0``). ``chunk`` / ``block_n`` / warps / stages override
     the shape-based choice (a power-of-two multiple of block_n; for tuning)."""
     bsz, s_max, hk, d = k_cache.shape
     if hk != n_kv_heads or n_heads % n_kv_heads or q.shape != (bsz, n_heads * d):
@@ -251,6 +256,8 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
                      device=q.device)
     ml = torch.empty((bsz * n_heads * nc * 2) if not single else 1, dtype=torch.float32,
                      device=q.device)
+    if fused is None:
+        fused = os.environ.get("OPTIMIZER_ATTN_FUSED", "1") != "0"
     fused = fused and not single
     if fused:
         if locks is None:

@@ -7,8 +7,10 @@ Triton kernel. Both read the same layout (layout.py) and compute the same sums: 
 the tensor cores add (q - z) x in float32, then acc += s * part.
 
 Why AUTO_MAX_M = 4 (H200, Llama-3-8B-shaped int4 decode, bench/RESULTS.md): this kernel made
-decode faster at batch 1, 2 and 4 (+8%, +7%, +5.5%) but slower at batch 8 (-9%), although
-its isolated GEMM times at M = 8 beat the Triton kernel's; not understood yet. M up to
+decode faster at batch 1, 2 and 4 (+8%, +7%, +5.5%) but slower at batch 8 (-9%). Timed in
+place (bench/decode_profile.py, 8 layers at batch 8), its M = 8 GEMMs took 514.6 µs a step
+against the Triton kernel's 450.1: the isolated sweep, where it looked faster, replays one
+GEMM back to back, and PDL overlap inflates the Triton kernel's times there. M up to
 MAX_M = 8 still runs here when asked for (path="mma" or an `MmaConfig`).
 """
 
