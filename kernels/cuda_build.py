@@ -92,3 +92,20 @@ def build(source: Path, arch: str) -> Path:
 def load(source: str, arch: str) -> ctypes.CDLL:
     """ctypes handle of ``source`` (a path) built for ``arch``; cached per process."""
     return ctypes.CDLL(str(build(Path(source), arch)))
+
+
+def load_for_device(source: Path, index: int, what: str, fallback: str) -> ctypes.CDLL | None:
+    """The library of ``source`` built for CUDA device ``index`` (compute capability >= 8.0:
+    the kernels use mma.sync and 16-byte async loads), or None: below 8.0 silently, and where
+    it cannot be built after one line on stderr naming ``what`` and the ``fallback`` that
+    runs instead."""
+    import torch
+
+    major, minor = torch.cuda.get_device_capability(index)
+    if major < 8:
+        return None
+    try:
+        return load(str(source), f"sm_{major}{minor}")
+    except (CudaBuildError, OSError) as e:
+        print(f"optimizer: {what} unavailable ({e}); {fallback}", file=sys.stderr)
+        return None

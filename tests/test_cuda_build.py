@@ -71,18 +71,12 @@ def test_no_compiler_is_a_clear_error(tmp_path: Path, cache: Path, monkeypatch) 
 
 
 @needs_nvcc
-def test_w4a16_decode_kernel_compiles(cache: Path) -> None:
-    src = Path(kernel("w4a16").__file__).with_name("mma_decode.cu")
+@pytest.mark.parametrize("package,source,prefix", [("w4a16", "mma_decode.cu", "w4a16_mma"),
+                                                   ("gemv", "gemv.cu", "gemv")])
+def test_real_kernels_compile(cache: Path, package: str, source: str, prefix: str) -> None:
+    src = Path(kernel(package).__file__).with_name(source)
     lib = ctypes.CDLL(str(cuda_build.build(src, "sm_90")))
-    lib.w4a16_mma_error_string.restype = ctypes.c_char_p
-    lib.w4a16_mma_error_string.argtypes = [ctypes.c_int]
-    assert lib.w4a16_mma_error_string(1) == b"invalid argument"     # cudaErrorInvalidValue
-
-
-@needs_nvcc
-def test_gemv_kernel_compiles(cache: Path) -> None:
-    src = Path(kernel("gemv").__file__).with_name("gemv.cu")
-    lib = ctypes.CDLL(str(cuda_build.build(src, "sm_90")))
-    lib.gemv_error_string.restype = ctypes.c_char_p
-    lib.gemv_error_string.argtypes = [ctypes.c_int]
-    assert lib.gemv_error_string(1) == b"invalid argument"
+    err = getattr(lib, prefix + "_error_string")
+    err.restype, err.argtypes = ctypes.c_char_p, [ctypes.c_int]
+    assert err(1) == b"invalid argument"                         # cudaErrorInvalidValue
+    assert hasattr(lib, prefix + "_launch")

@@ -18,7 +18,6 @@ import ctypes
 import dataclasses
 import functools
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -65,14 +64,9 @@ def prefer(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 @functools.lru_cache(maxsize=None)
 def _library(index: int) -> ctypes.CDLL | None:
-    major, minor = torch.cuda.get_device_capability(index)
-    if major < 8:
-        return None
-    try:
-        lib = cuda_build.load(str(SOURCE), f"sm_{major}{minor}")
-    except (cuda_build.CudaBuildError, OSError) as e:
-        print(f"optimizer: CUDA GEMV unavailable ({e}); using cuBLAS / the Triton GEMV",
-              file=sys.stderr)
+    lib = cuda_build.load_for_device(SOURCE, index, "CUDA GEMV",
+                                     "using cuBLAS / the Triton GEMV")
+    if lib is None:
         return None
     fn = lib.gemv_launch
     fn.restype = ctypes.c_int

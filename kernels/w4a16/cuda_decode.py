@@ -20,7 +20,6 @@ import ctypes
 import dataclasses
 import functools
 import os
-import sys
 from pathlib import Path
 
 import torch
@@ -83,14 +82,9 @@ def pick_config(m: int, n: int, kp: int, sms: int = 132) -> MmaConfig:
 
 @functools.lru_cache(maxsize=None)
 def _library(index: int) -> ctypes.CDLL | None:
-    major, minor = torch.cuda.get_device_capability(index)
-    if major < 8:
-        return None
-    try:
-        lib = cuda_build.load(str(SOURCE), f"sm_{major}{minor}")
-    except (cuda_build.CudaBuildError, OSError) as e:
-        print(f"optimizer: W4A16 decode kernel unavailable ({e}); using the Triton kernel",
-              file=sys.stderr)
+    lib = cuda_build.load_for_device(SOURCE, index, "W4A16 decode kernel",
+                                     "using the Triton kernel")
+    if lib is None:
         return None
     fn = lib.w4a16_mma_launch
     fn.restype = ctypes.c_int
