@@ -222,8 +222,9 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     """q [B, Hq*D], caches [B, S_max, Hk, D], lengths [B] int32 -> out [B, Hq*D] in q's
     dtype (see the module doc). ``locks``: int32 zeros of at least B * Hk entries, left zero
     (the fused combine's arrival counters; allocated per call when None); ``fused=False``
-    combines in a second kernel instead (default: fused, unless ``OPTIMIZER_ATTN_FUSED=0``). ``chunk`` / ``block_n`` / warps / stages override
-    the shape-based choice (a power-of-two multiple of block_n; for tuning)."""
+    combines in a second kernel instead (default: fused, unless ``OPTIMIZER_ATTN_FUSED=0``).
+    ``chunk`` / ``block_n`` / warps / stages override the shape-based choice (a power-of-two
+    multiple of block_n; for tuning)."""
     bsz, s_max, hk, d = k_cache.shape
     if hk != n_kv_heads or n_heads % n_kv_heads or q.shape != (bsz, n_heads * d):
         raise ValueError(f"q {tuple(q.shape)}, cache {tuple(k_cache.shape)}: expected "

@@ -53,13 +53,13 @@ def pick_config(m: int, n: int, k: int) -> GemvConfig:
 PREFER_MAX_M = 2
 
 
-def prefer(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def prefer(x: torch.Tensor) -> bool:
     """Whether the engine should use this kernel rather than cuBLAS for x @ W^T (both
-    supported): at M <= 2. On an H200 (bench/gemv_sweep.py, each call after an RMSNorm as
+    supported): x of at most 2 rows. On an H200 (bench/gemv_sweep.py, each call after an RMSNorm as
     in decode) it beat cuBLAS on all five 8B shapes at M = 1 (1.05-1.36x) and M = 2
     (1.05-1.25x); at M = 4 its best config was 0.83-1.01x cuBLAS, and bf16 decode at
     batch 4 measured 719 tok/s with it against 887 without."""
-    return x.shape[0] <= PREFER_MAX_M
+    return x.dim() == 2 and x.shape[0] <= PREFER_MAX_M
 
 
 @functools.lru_cache(maxsize=None)

@@ -30,6 +30,7 @@ def sample_batch(logits: torch.Tensor, temperature: float, top_p: float,
 def greedy_step(logits: torch.Tensor, positions: torch.Tensor
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The end of a greedy decode step (what triton_greedy.greedy_step leaves): the argmax
-    tokens of logits [B, V] (int64), positions + 1, and the next lengths (positions + 2, int32)."""
+    tokens of logits [B, V] (int64), positions + 1, and the next lengths (positions + 2,
+    int32)."""
     new = positions + 1
     return logits.argmax(-1), new, (new + 1).to(torch.int32)

@@ -35,7 +35,7 @@ def _greedy_kernel(logits_ptr, stride_b, V, ws_max_ptr, ws_idx_ptr, count_ptr, t
     offs = p * BLOCK + tl.arange(0, BLOCK)
     x = tl.load(logits_ptr + b.to(tl.int64) * stride_b + offs, mask=offs < V,
                 other=float("-inf")).to(tl.float32)
-    x = tl.where(x != x, float("inf"), x)            # NaN above every number
+    x = tl.where(x != x, float("inf"), x)            # NaN counts as +inf
     best = tl.max(x, 0)
     idx = tl.min(tl.where(x == best, offs, V), 0)    # the first of equal maxima
     tl.store(ws_max_ptr + b * P + p, best)

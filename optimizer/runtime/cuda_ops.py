@@ -52,9 +52,9 @@ def _linear(eng, node, xs, step):
     two best tokens differ by 0.057 in the float32 CPU reference and round to the same
     bf16 value; the argmax then takes the lower token id."""
     x, w, b = xs[0], eng.weights[node.weight("weight")], _opt(eng, node, "bias")
-    if x.is_cuda and x.dim() == 2 and x.shape[0] <= 4 and (b is None or b.dtype == x.dtype):
+    if x.is_cuda and (b is None or b.dtype == x.dtype):
         from optimizer.kernels.gemv import cuda_gemv
-        if cuda_gemv.available(x, w) and cuda_gemv.prefer(x, w):
+        if cuda_gemv.prefer(x) and cuda_gemv.available(x, w):
             logits = node.outputs[0] in eng.graph.outputs
             return cuda_gemv.gemv(x, w, b, out_dtype=torch.float32 if logits else None)
     if x.dim() == 2 and x.shape[0] == 1:
