@@ -9,7 +9,8 @@ so a kernel's own duration counts time it spent waiting; the table instead charg
 kernel the time from the previous kernel's end to its own end ("marginal": their sum is the
 step's time). Columns per kernel name: launches per step, marginal µs per step, the part of
 it when no kernel ran ("idle before": launch gaps), the kernels' own durations, and the
-share of the step.
+share of the step. A second table splits one layer by position (so the four projections of
+a layer, which share a kernel name, get a row each), averaged over the middle layers.
 """
 
 from __future__ import annotations
@@ -46,6 +47,42 @@ def kernel_events(trace: Path) -> list[tuple[float, float, str]]:
     return sorted(out)
 
 
+def layer_period(names: list[str]) -> int | None:
+    """The number of kernels per layer: the smallest shift under which the middle half of
+    a step's kernel names repeats (None if none does)."""
+    lo, hi = len(names) // 4, 3 * len(names) // 4
+    for p in range(2, max(2, (hi - lo) // 2)):
+        idx = range(lo, hi - p)
+        if idx and all(names[j] == names[j + p] for j in idx):
+            return p
+    return None
+
+
+def layer_table(ev: list[tuple[float, float, str]], marg: list[float], steps: int
+                ) -> list[str]:
+    """Markdown lines: each kernel of one layer (its position in the layer's run), its
+    marginal and own µs averaged over the middle half of every step's layers."""
+    per = len(ev) // steps                     # kernels per step
+    names = [k for _, _, k in ev[:per]]
+    period = layer_period(names)
+    if not period:
+        return []
+    lo, hi = per // 4, 3 * per // 4
+    sums, owns, n = [0.0] * period, [0.0] * period, 0
+    for s0 in range(0, steps * per, per):
+        for j in range(lo, hi - period + 1, period):
+            n += 1
+            for q in range(period):
+                sums[q] += marg[s0 + j + q]
+                owns[q] += ev[s0 + j + q][1] - ev[s0 + j + q][0]
+    lines = ["", f"One layer ({period} kernels), averaged over {n} layers from the middle of "
+             "the steps:", "", "| # | kernel | marginal µs | own µs |", "|---:|---|---:|---:|"]
+    for q in range(period):
+        lines.append(f"| {q} | {names[lo + q]} | {sums[q] / n:.2f} | {owns[q] / n:.2f} |")
+    lines.append(f"| | layer | {sum(sums) / n:.2f} | |")
+    return lines
+
+
 def profile(path: Path, batch: int, context: int, steps: int) -> str:
     import optimizer
     rt = optimizer.runtime.load(path, device="cuda")
@@ -71,9 +108,11 @@ def profile(path: Path, batch: int, context: int, steps: int) -> str:
     wall = (ev[-1][1] - ev[0][0]) / steps
     marginal, own, idle = defaultdict(float), defaultdict(float), defaultdict(float)
     count: dict[str, int] = defaultdict(int)
+    marg = []                                  # per event, in order
     prev_end = ev[0][0]
     for start, end, name in ev:
-        marginal[name] += max(0.0, end - prev_end)
+        marg.append(max(0.0, end - prev_end))
+        marginal[name] += marg[-1]
         idle[name] += max(0.0, start - prev_end)
         own[name] += end - start
         count[name] += 1
@@ -88,14 +127,7 @@ def profile(path: Path, batch: int, context: int, steps: int) -> str:
         lines.append(f"| {k} | {count[k] / steps:.0f} | {marginal[k] / steps:.1f} | "
                      f"{idle[k] / steps:.1f} | {own[k] / steps:.1f} | "
                      f"{100 * marginal[k] / steps / wall:.1f}% |")
-    per = len(ev) // steps                     # one layer's run of kernels, mid-step
-    lines += ["", "A run of kernels from the middle of one step (µs from the first):", "",
-              "| kernel | start | own | marginal |", "|---|---:|---:|---:|"]
-    mid = per // 2
-    for i in range(mid, min(mid + 14, len(ev))):
-        s, e, k = ev[i]
-        lines.append(f"| {k} | {s - ev[mid][0]:.1f} | {e - s:.1f} | "
-                     f"{max(0.0, e - max(x[1] for x in ev[:i])):.1f} |")
+    lines += layer_table(ev, marg, steps)
     del rt, eng, cap
     torch.cuda.empty_cache()
     return "\n".join(lines)
