@@ -12,6 +12,13 @@ place (bench/decode_profile.py, 8 layers at batch 8), its M = 8 GEMMs took 514.6
 against the Triton kernel's 450.1: the isolated sweep, where it looked faster, replays one
 GEMM back to back, and PDL overlap inflates the Triton kernel's times there. M up to
 MAX_M = 8 still runs here when asked for (path="mma" or an `MmaConfig`).
+
+Tried on an H200 and not faster in decode (bench/RESULTS.md, fifth session; the code is on
+the branch exp/w4a16-ring-streamk): a cp.async ring of K blocks in shared memory instead of
+the registers, the zero point factored out of the unpacking (17% fewer instructions), and a
+warp-level stream-K split of the work. ncu finds the kernel using 12-21% of the SMs' warps,
+with neither DRAM nor the issue slots saturated: more independent work per SM (more warps,
+or more columns per warp) is what is left to try.
 """
 
 from __future__ import annotations
