@@ -14,10 +14,16 @@
 # anchor script is the peer), GPU_TESTS (test files), TEST_TIMEOUT (s), NPF_SWEEP (W4A16
 # prefetch depths to time int4 decode with, e.g. "0 8 16"). The SmolLM2 GGUF
 # travels in two parts (.carry1/part1 with `kernels`, .carry2/part2 + sha256 with `e2e`,
-# run next on the same warm machine).
+# run next on the same warm machine). Carry .carry-cuda too (bench/prebuild_cuda.py).
 set -u
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
+# CUDA libraries built before the call by bench/prebuild_cuda.py and carried as .carry-cuda:
+# with the same nvcc they have the same cache keys, so nothing is built here
+export OPTIMIZER_CACHE=${OPTIMIZER_CACHE:-/tmp/optcache}
+if [ -d .carry-cuda/optcache ]; then
+  mkdir -p "$OPTIMIZER_CACHE" && cp -r .carry-cuda/optcache/. "$OPTIMIZER_CACHE"/
+fi
 python3 -m pip install -q --no-deps --no-build-isolation -e . > /tmp/pip.log 2>&1 \
   || { echo "pip install -e . failed"; tail -5 /tmp/pip.log; }
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
