@@ -48,6 +48,28 @@ ROTATE_BYTES = 256 << 20
 DEV = "cuda"
 
 
+def sweep_main(doc: str, sweep, shapes: str, ms: str, json_name: str) -> None:
+    """The shared command line of the kernel sweeps (gemv_sweep.py, w4a16_mma_sweep.py):
+    --shapes / --ms, ``sweep(name, ms, copy_bw)`` per shape (rows with a "failures" list),
+    the rows to ``$OUT/json_name``, exit 1 if any config differs from its reference."""
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--shapes", default=shapes)
+    ap.add_argument("--ms", default=ms)
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    bw = copy_bandwidth()
+    print(f"{torch.cuda.get_device_name()}; copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
+    rows = []
+    for name in (s.strip() for s in args.shapes.split(",")):
+        rows += sweep(name, [int(v) for v in args.ms.split(",")], bw)
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], json_name).write_text(
+            json.dumps({"copy_bw": bw, "rows": rows}, indent=1))
+    if any(r["failures"] for r in rows):
+        print("FAIL: some configs differ from the reference")
+        sys.exit(1)
+
+
 def copy_bandwidth() -> float:
     """Bytes/s of a 2 GiB device-to-device copy, counting bytes read plus written."""
     x = torch.empty(1 << 30, dtype=torch.float16, device=DEV).normal_()

@@ -10,10 +10,7 @@ reference first; times are CUDA-graph replays over rotating weight copies (bench
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -74,22 +71,7 @@ def sweep(name: str, ms: list[int], bw: float) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--shapes", default=",".join(SHAPES))
-    ap.add_argument("--ms", default="1,2,4")
-    args = ap.parse_args()
-    torch.manual_seed(0)
-    bw = gemm.copy_bandwidth()
-    print(f"{torch.cuda.get_device_name()}; copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
-    rows = []
-    for name in (s.strip() for s in args.shapes.split(",")):
-        rows += sweep(name, [int(v) for v in args.ms.split(",")], bw)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "gemv_sweep.json").write_text(
-            json.dumps({"copy_bw": bw, "rows": rows}, indent=1))
-    if any(r["failures"] for r in rows):
-        print("FAIL: some configs differ from the reference")
-        sys.exit(1)
+    gemm.sweep_main(__doc__, sweep, ",".join(SHAPES), "1,2,4", "gemv_sweep.json")
 
 
 if __name__ == "__main__":

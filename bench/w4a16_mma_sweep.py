@@ -9,9 +9,6 @@ Prints the best few per (shape, M) and, for comparison, the Triton kernel and `p
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import sys
 from pathlib import Path
 
@@ -62,22 +59,7 @@ def sweep(name: str, ms: list[int], bw: float) -> list[dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--shapes", default="qkv 8B,o 7B,gateup 8B,down 8B")
-    ap.add_argument("--ms", default="1,8")
-    args = ap.parse_args()
-    torch.manual_seed(0)
-    bw = gemm.copy_bandwidth()
-    print(f"{torch.cuda.get_device_name()}; copy bandwidth {bw / 1e12:.2f} TB/s", flush=True)
-    rows = []
-    for name in (s.strip() for s in args.shapes.split(",")):
-        rows += sweep(name, [int(v) for v in args.ms.split(",")], bw)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "w4a16_mma_sweep.json").write_text(
-            json.dumps({"copy_bw": bw, "rows": rows}, indent=1))
-    if any(r["failures"] for r in rows):
-        print("FAIL: some configs differ from the reference")
-        sys.exit(1)
+    gemm.sweep_main(__doc__, sweep, "qkv 8B,o 7B,gateup 8B,down 8B", "1,8", "w4a16_mma_sweep.json")
 
 
 if __name__ == "__main__":
