@@ -2,7 +2,9 @@
 
 `load(source, arch)` compiles ``source`` (a .cu beside the kernels) with nvcc into
 ``$OPTIMIZER_CACHE/cuda/<hash>/<name>.so`` (default ``~/.cache/optimizer``), keyed by the
-source text, the target architecture, the flags and nvcc's version, and loads it with ctypes.
+source text with the text of every file it includes by a quoted path (``#include
+"../cuda_common.cuh"``, followed recursively), the target architecture, the flags and nvcc's
+version, and loads it with ctypes.
 The library is written to a temporary name in the same folder and renamed into place, so a
 concurrent or interrupted build never leaves a half-written library that a later load picks
 up. The kernels' launchers are plain ``extern "C"`` functions that take raw pointers and a
@@ -19,6 +21,7 @@ import ctypes
 import functools
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -30,6 +33,33 @@ FLAGS = ("-O3", "-shared", "-Xcompiler", "-fPIC", "-std=c++17")
 
 class CudaBuildError(RuntimeError):
     """No compiler, or the source did not compile (the message names which)."""
+
+
+_LOCAL_INCLUDE = re.compile(rb'^[ \t]*#[ \t]*include[ \t]*"([^"]+)"', re.MULTILINE)
+
+
+def source_text(source: Path) -> bytes:
+    """The text the library is built from: ``source`` and, after it, each file it includes
+    by a quoted path (relative to the including file), depth first, each file once. A
+    missing include raises `CudaBuildError` naming it (nvcc would fail on it anyway)."""
+    seen: set[Path] = set()
+    parts: list[bytes] = []
+
+    def visit(path: Path) -> None:
+        path = path.resolve()
+        if path in seen:
+            return
+        seen.add(path)
+        try:
+            text = path.read_bytes()
+        except OSError as e:
+            raise CudaBuildError(f"{source.name}: cannot read {path}: {e.strerror}") from e
+        parts.append(text)
+        for rel in _LOCAL_INCLUDE.findall(text):
+            visit(path.parent / rel.decode())
+
+    visit(source)
+    return b"\0\0".join(parts)
 
 
 def find_nvcc() -> str | None:
@@ -61,7 +91,7 @@ def build(source: Path, arch: str) -> Path:
     if nvcc is None:
         raise CudaBuildError(f"{source.name}: no CUDA compiler (nvcc) found; set CUDA_HOME "
                              f"or OPTIMIZER_NVCC")
-    text = source.read_bytes()
+    text = source_text(source)
     key = hashlib.sha256(b"\0".join([text, arch.encode(), " ".join(FLAGS).encode(),
                                      _nvcc_version(nvcc).encode()])).hexdigest()[:16]
     folder = cache_dir() / key

@@ -51,6 +51,31 @@ def test_builds_caches_and_loads(tmp_path: Path, cache: Path) -> None:
 
 
 @needs_nvcc
+def test_included_header_is_part_of_the_key(tmp_path: Path, cache: Path) -> None:
+    (tmp_path / "inc").mkdir()
+    header = tmp_path / "inc" / "scale.cuh"
+    header.write_text("#define SCALE 3\n")
+    src = tmp_path / "src" / "k.cu"
+    src.parent.mkdir()
+    src.write_text('#include "../inc/scale.cuh"\n' + HOST_SOURCE)
+    first = cuda_build.build(src, "sm_90")
+    assert cuda_build.build(src, "sm_90") == first                  # nothing changed: cached
+    header.write_text("#define SCALE 5\n")                          # only the header changes
+    second = cuda_build.build(src, "sm_90")
+    assert second != first                                           # a new key: rebuilt
+    fn = ctypes.CDLL(str(second)).add_scaled
+    fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int, ctypes.c_int]
+    assert fn(4, 5) == 29
+
+
+def test_missing_include_is_a_clear_error(tmp_path: Path, cache: Path) -> None:
+    src = tmp_path / "k.cu"
+    src.write_text('#include "nowhere.cuh"\n' + HOST_SOURCE)
+    with pytest.raises(cuda_build.CudaBuildError, match=r"^k.cu: cannot read .*nowhere.cuh"):
+        cuda_build.source_text(src)
+
+
+@needs_nvcc
 def test_compile_error_is_one_line_and_leaves_nothing(tmp_path: Path, cache: Path) -> None:
     src = tmp_path / "broken.cu"
     src.write_text('extern "C" int f() { return undefined_name; }\n')

@@ -14,15 +14,9 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-namespace {
+#include "../cuda_common.cuh"  // load_stream, act_to_float, float_to_act
 
-__device__ __forceinline__ uint4 load_stream(const uint4* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
+namespace {
 
 template <bool BF16>
 __device__ __forceinline__ void to_float2(uint32_t v, float& lo, float& hi) {
@@ -34,23 +28,6 @@ __device__ __forceinline__ void to_float2(uint32_t v, float& lo, float& hi) {
         : "=f"(lo), "=f"(hi)
         : "r"(v));
   }
-}
-
-template <bool BF16>
-__device__ __forceinline__ uint16_t to_act(float f) {
-  uint16_t r;
-  if (BF16)
-    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
-  else
-    asm("{ .reg .f16 h; cvt.rn.f16.f32 h, %1; mov.b16 %0, h; }" : "=h"(r) : "f"(f));
-  return r;
-}
-
-template <bool BF16>
-__device__ __forceinline__ float act_float(uint16_t v) {
-  float lo, hi;
-  to_float2<BF16>((uint32_t)v, lo, hi);
-  return lo;
 }
 
 // MR: rows of x the kernel is built for (M <= MR; rows past M read as 0 and are not stored)
@@ -146,11 +123,11 @@ gemv_kernel(const uint16_t* __restrict__ x, const uint16_t* __restrict__ w,
     float v = 0.f;
 #pragma unroll
     for (int q = 0; q < WK; ++q) v += red[q][m][r];
-    if (bias) v += act_float<BF16>(bias[row]);
+    if (bias) v += act_to_float(bias[row], BF16);
     if (F32)
       reinterpret_cast<float*>(y)[(size_t)m * stride_ym + row] = v;
     else
-      reinterpret_cast<uint16_t*>(y)[(size_t)m * stride_ym + row] = to_act<BF16>(v);
+      reinterpret_cast<uint16_t*>(y)[(size_t)m * stride_ym + row] = float_to_act(v, BF16);
   }
 }
 

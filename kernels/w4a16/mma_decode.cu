@@ -29,6 +29,8 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
+#include "../cuda_common.cuh"  // load_stream, half_bits_to_float, act_to_float, float_to_act
+
 namespace {
 
 template <bool BF16>
@@ -63,34 +65,6 @@ __device__ __forceinline__ void mma(float (&c)[4], uint32_t a0, uint32_t a1, uin
         "{%8,%9}, {%0,%1,%2,%3};"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-}
-
-__device__ __forceinline__ uint4 load_stream(const uint4* p) {
-  uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(p));
-  return v;
-}
-
-__device__ __forceinline__ float half_bits_to_float(uint32_t bits) {
-  float f;
-  asm("{ .reg .f16 h; mov.b16 h, %1; cvt.f32.f16 %0, h; }" : "=f"(f) : "h"((uint16_t)bits));
-  return f;
-}
-
-__device__ __forceinline__ float act_to_float(uint16_t v, bool bf16) {
-  if (bf16) return __uint_as_float(((uint32_t)v) << 16);
-  return half_bits_to_float(v);
-}
-
-__device__ __forceinline__ uint16_t float_to_act(float f, bool bf16) {
-  uint16_t r;
-  if (bf16)
-    asm("cvt.rn.bf16.f32 %0, %1;" : "=h"(r) : "f"(f));
-  else
-    asm("{ .reg .f16 h; cvt.rn.f16.f32 h, %1; mov.b16 %0, h; }" : "=h"(r) : "f"(f));
-  return r;
 }
 
 // GS: rows per group: 32, 64, 128, or 0 for another multiple of 128 (GSR rows; the scale is

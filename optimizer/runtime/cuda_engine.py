@@ -55,7 +55,8 @@ class Captured:
     graph: torch.cuda.CUDAGraph | None
     tokens: torch.Tensor      # [B] int64: this step's input tokens (the argmax after replay)
     positions: torch.Tensor   # [B] int64: this step's positions (incremented after replay)
-    logits: torch.Tensor      # [B, V] the step's logits (the captured graph's output)
+    logits: torch.Tensor | None   # [B, V] the step's logits (the graph's output; None until
+                                  # the first step)
     lengths: torch.Tensor     # [B] int32: positions + 1, kept so by the step itself
     counters: torch.Tensor    # [B] int32 zeros: the greedy kernel's arrival counters
 
@@ -200,8 +201,7 @@ class CudaEngine:
             raise RuntimeError("ensure_cache(batch, ...) must come before decoder(batch)")
         dev = self.device
         cap = Captured(None, torch.zeros(batch, dtype=torch.int64, device=dev),
-                       torch.zeros(batch, dtype=torch.int64, device=dev),
-                       torch.empty(batch, self.vocab, dtype=self.dtype, device=dev),
+                       torch.zeros(batch, dtype=torch.int64, device=dev), None,
                        torch.ones(batch, dtype=torch.int32, device=dev),
                        torch.zeros(batch, dtype=torch.int32, device=dev))
         with torch.inference_mode():
