@@ -18,7 +18,10 @@ the branch exp/w4a16-ring-streamk): a cp.async ring of K blocks in shared memory
 the registers, the zero point factored out of the unpacking (17% fewer instructions), and a
 warp-level stream-K split of the work. ncu finds the kernel using 12-21% of the SMs' warps,
 with neither DRAM nor the issue slots saturated: more independent work per SM (more warps,
-or more columns per warp) is what is left to try.
+or more columns per warp) is what is left to try. The sixth session tried 64 columns per
+warp (slower at every shape), the RMSNorm done inside this kernel's staging of x (slower:
+every CTA redoes the norm of the whole row) and, with x staged, no per-weight zero
+subtraction (faster in isolation, not in decode); branch exp/next-session, RESULTS.md.
 """
 
 from __future__ import annotations

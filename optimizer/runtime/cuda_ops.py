@@ -171,7 +171,10 @@ def group_nodes(nodes: list[Node]) -> list[Node]:
 
     (Also tried and removed: silu_mul folded into the down projection's W4A16 input load.
     Measured on an H200 it made 8B int4 decode at batch 1 slower, 420 -> 389 tok/s: the
-    silu sits on the kernel's per-block latency chain in every N-tile program.)
+    silu sits on the kernel's per-block latency chain in every N-tile program. And the
+    (add_)rms_norm folded into the next W4A16 kernel's staging of x: 385 vs 469 tok/s,
+    since every CTA of the projection redoes the norm over the whole row; branch
+    exp/next-session.)
     """
     readers: dict[str, list[int]] = {}
     for i, n in enumerate(nodes):
