@@ -54,6 +54,7 @@ import triton
 import triton.language as tl
 
 from .. import pdl
+from ..triton_tiles import grouped_tile, split_blocks
 from . import cuda_decode
 from ..device_info import sm_count  # noqa: F401  (the benches use it too)
 
@@ -249,18 +250,9 @@ def _w4a16_kernel(
     SPG: tl.constexpr = (GS if GS < 128 else 128) // SUBK    # dots per group in a block
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    tiles_m = tl.cdiv(M, BM)
-    tiles_n = tl.cdiv(N, BN)
-    in_group = GROUP_M * tiles_n
-    first_m = (pid // in_group) * GROUP_M
-    size_m = tl.minimum(tiles_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % in_group) % size_m
-    pid_n = (pid % in_group) // size_m
+    pid_m, pid_n, tiles_n = grouped_tile(pid, M, N, BM, BN, GROUP_M)
 
-    blocks = KP // 128
-    per_split = tl.cdiv(blocks, SPLIT_K)
-    b_lo = pid_k * per_split
-    b_hi = tl.minimum(b_lo + per_split, blocks)
+    b_lo, b_hi = split_blocks(KP // 128, SPLIT_K, pid_k)
 
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)

@@ -44,6 +44,7 @@ import triton
 import triton.language as tl
 
 from .. import pdl
+from ..triton_tiles import grouped_tile, split_blocks
 from ..device_info import sm_count  # noqa: F401  (the benches use it too)
 
 from .layout import SYM_ZERO, supported_group
@@ -148,18 +149,9 @@ def _w8a16_mma_kernel(
     pdl.release(PDL)
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    tiles_m = tl.cdiv(M, BM)
-    tiles_n = tl.cdiv(N, BN)
-    in_group = GROUP_M * tiles_n
-    first_m = (pid // in_group) * GROUP_M
-    size_m = tl.minimum(tiles_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % in_group) % size_m
-    pid_n = (pid % in_group) // size_m
+    pid_m, pid_n, tiles_n = grouped_tile(pid, M, N, BM, BN, GROUP_M)
 
-    blocks = tl.cdiv(KQ, BK)
-    per_split = tl.cdiv(blocks, SPLIT_K)
-    b_lo = pid_k * per_split
-    b_hi = tl.minimum(b_lo + per_split, blocks)
+    b_lo, b_hi = split_blocks(tl.cdiv(KQ, BK), SPLIT_K, pid_k)
 
     offs_m = pid_m * BM + tl.arange(0, BM)
     offs_n = pid_n * BN + tl.arange(0, BN)
@@ -217,10 +209,7 @@ def _w8a16_gemv_kernel(
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     m = tl.program_id(2)
-    blocks = tl.cdiv(KQ, BK)
-    per_split = tl.cdiv(blocks, SPLIT_K)
-    b_lo = pid_k * per_split
-    b_hi = tl.minimum(b_lo + per_split, blocks)
+    b_lo, b_hi = split_blocks(tl.cdiv(KQ, BK), SPLIT_K, pid_k)
     offs_n = pid_n * BN + tl.arange(0, BN)
     offs_k = tl.arange(0, BK)
     mask_n = offs_n < N
