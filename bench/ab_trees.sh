@@ -11,7 +11,8 @@
 # Steps: the GPU tests of A (GPU_TESTS, default all of tests/ marked gpu); the W4A16 decode
 # kernel sweep at M = 1, 4 under A; decode_profile of an 8-layer int4 artifact under A and B
 # (per-layer table); decode tok/s of the Llama-3-8B-shaped int4 artifact at B = 1, 2, 4
-# (SCHEMES adds others, e.g. "int4 bf16"), A B A B; the peer (anchor_decode.py) last, where
+# (SCHEMES adds others, e.g. "int4 bf16"), A B A B; then EXTRA (a command line, run under
+# A, e.g. "python3 bench/read_floor.py"); the peer (anchor_decode.py) last, where
 # .carry-cuda/peer/anchor_decode.py was carried and BUDGET_S (570) leaves it 150 s. The
 # artifacts are built by A's code: the trees must agree on the artifact format. Switching trees is `pip install -e` of it.
 set -u
@@ -54,6 +55,9 @@ for r in 1 2; do
   done
 done
 use "$A"
+if [ -n "${EXTRA:-}" ]; then                         # more commands, under tree A
+  echo "=== EXTRA ($(( $(date +%s) - t0 )) s): $EXTRA"; bash -c "$EXTRA"
+fi
 left=$(( ${BUDGET_S:-570} - ($(date +%s) - t0) ))       # the peer only where time is left
 if [ -f .carry-cuda/peer/anchor_decode.py ] && [ $left -gt 150 ]; then
   timeout $left python3 .carry-cuda/peer/anchor_decode.py 2>&1 | tee "$OUT/anchor_decode.log" \
