@@ -11,10 +11,11 @@
 # Steps: the GPU tests of A (GPU_TESTS, default all of tests/ marked gpu); the W4A16 decode
 # kernel sweep at M = 1, 4 under A; decode_profile of an 8-layer int4 artifact under A and B
 # (per-layer table); decode tok/s of the Llama-3-8B-shaped int4 artifact at B = 1, 2, 4
-# (SCHEMES adds others, e.g. "int4 bf16"), A B A B; then EXTRA (a command line, run under
-# A, e.g. "python3 bench/read_floor.py"); the peer (anchor_decode.py) last, where
-# .carry-cuda/peer/anchor_decode.py was carried and BUDGET_S (570) leaves it 150 s. The
-# artifacts are built by A's code: the trees must agree on the artifact format. Switching trees is `pip install -e` of it.
+# (SCHEMES adds others, e.g. "int4 bf16"), A B A B; VARIANTS (e.g. "OPTIMIZER_X=0 Y=0"):
+# profile and int4 decode of tree A once per setting; then EXTRA (a command line, run under
+# A); the peer (anchor_decode.py) last, where .carry-cuda/peer/anchor_decode.py was carried
+# and BUDGET_S (570) leaves it 150 s. SWEEP=0 skips the sweep. The artifacts are built by
+# A's code: the trees must agree on the artifact format. Switching trees is `pip install -e`.
 set -u
 B=$(realpath "${1:?usage: bash bench/ab_trees.sh OTHER_TREE}")
 A=$PWD
@@ -32,7 +33,8 @@ setsid nohup python3 bench/decode.py --build-only --schemes "$(echo ${SCHEMES:-i
   --work /dev/shm/d32 > /dev/shm/d32/build.log 2>&1 < /dev/null &
 timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -m gpu -n 8 ${GPU_TESTS:-tests/} \
   -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -4
-timeout 60 python3 bench/w4a16_mma_sweep.py --ms 1,4 2>&1 | tee "$OUT/sweep.log" | tail -9
+[ "${SWEEP:-1}" = 1 ] && timeout 60 python3 bench/w4a16_mma_sweep.py --ms 1,4 2>&1 \
+  | tee "$OUT/sweep.log" | tail -9
 wait_built() { while [ ! -f $1/built ] && pgrep -f "work $1" > /dev/null; do sleep 2; done
                [ -f $1/built ] || { echo "build of $1 failed:"; tail -5 $1/build.log; }; }
 wait_built /dev/shm/d8
@@ -55,6 +57,13 @@ for r in 1 2; do
   done
 done
 use "$A"
+for v in ${VARIANTS:-}; do                           # tree A with one switch set, e.g. X=0
+  echo "=== variant $v"
+  env $v timeout 60 python3 bench/decode_profile.py /dev/shm/d8/int4 2>&1 | grep -v -i warn \
+    | sed -n '/^| # |/,$p'
+  env $v timeout 90 python3 bench/decode.py --work /dev/shm/d32 --schemes int4 \
+    --batches ${BATCHES:-1,2,4} --prefill 0 --peers "" 2>&1 | tail -1
+done
 if [ -n "${EXTRA:-}" ]; then                         # more commands, under tree A
   echo "=== EXTRA ($(( $(date +%s) - t0 )) s): $EXTRA"; bash -c "$EXTRA"
 fi
