@@ -39,11 +39,15 @@ wait_built() { while [ ! -f $1/built ] && pgrep -f "work $1" > /dev/null; do sle
                [ -f $1/built ] || { echo "build of $1 failed:"; tail -5 $1/build.log; }; }
 wait_built /dev/shm/d8
 tree() { [ $1 = A ] && echo "$A" || echo "$B"; }   # each tree runs its own bench scripts
+# profile TREE [ENV=VALUE]: the per-layer table; decode TREE SCHEME [ENV=VALUE]: one tok/s row
+profile() { (cd "$1" && env ${2:-X=} timeout 60 python3 bench/decode_profile.py \
+               /dev/shm/d8/int4 2>&1) | grep -v -i warn | sed -n '/^| # |/,$p'; }
+decode() { (cd "$1" && env ${3:-X=} timeout 90 python3 bench/decode.py --work /dev/shm/d32 \
+              --schemes $2 --batches ${BATCHES:-1,2,4} --prefill 0 --peers "" 2>&1 | tail -1); }
 for t in A B; do
   use "$(tree $t)"
   echo "=== profile $t ($(( $(date +%s) - t0 )) s)"
-  (cd "$(tree $t)" && timeout 60 python3 bench/decode_profile.py /dev/shm/d8/int4 2>&1) \
-    | grep -v -i warn | sed -n '/^| # |/,$p'
+  profile "$(tree $t)"
 done
 wait_built /dev/shm/d32
 for r in 1 2; do
@@ -51,18 +55,15 @@ for r in 1 2; do
     use "$(tree $t)"
     for s in ${SCHEMES:-int4}; do
       echo "=== decode $s $t run $r"
-      (cd "$(tree $t)" && timeout 90 python3 bench/decode.py --work /dev/shm/d32 --schemes $s \
-        --batches ${BATCHES:-1,2,4} --prefill 0 --peers "" 2>&1 | tail -1)
+      decode "$(tree $t)" $s
     done
   done
 done
 use "$A"
 for v in ${VARIANTS:-}; do                           # tree A with one switch set, e.g. X=0
   echo "=== variant $v"
-  env $v timeout 60 python3 bench/decode_profile.py /dev/shm/d8/int4 2>&1 | grep -v -i warn \
-    | sed -n '/^| # |/,$p'
-  env $v timeout 90 python3 bench/decode.py --work /dev/shm/d32 --schemes int4 \
-    --batches ${BATCHES:-1,2,4} --prefill 0 --peers "" 2>&1 | tail -1
+  profile "$A" $v
+  decode "$A" int4 $v
 done
 if [ -n "${EXTRA:-}" ]; then                         # more commands, under tree A
   echo "=== EXTRA ($(( $(date +%s) - t0 )) s): $EXTRA"; bash -c "$EXTRA"
