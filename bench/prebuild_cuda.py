@@ -21,7 +21,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = ("kernels/w4a16/mma_decode.cu", "kernels/gemv/gemv.cu")
+SOURCES = ("kernels/w4a16/mma_decode.cu", "kernels/gemv/gemv.cu",
+           "bench/read_floor.cu")                    # the last: bench/read_floor.py
 
 
 def main(argv: list[str] | None = None) -> int:
