@@ -13,7 +13,9 @@ results are wrong on purpose; only their time is read):
 - ``neither``: both; what is left is the loads, the x staging, the scale folds and the
   epilogue;
 - ``bare``: neither, and no x read at all (no staging; the B operands are zeros): what is
-  left is the loads, the scale folds and the epilogue (the warps' sum, split-K).
+  left is the loads, the scale folds and the epilogue (the warps' sum, split-K);
+- ``skeleton``: bare without the epilogue (each warp stores its own accumulator over
+  row 0 of y: no sum in shared memory, no split-K sum): the loads and the folds.
 Each row also prints `bench/read_floor.py`'s pattern read of the same weights at the
 kernel's occupancy, the floor these approach. A measurement tool only: nothing outside
 bench/ uses the variants.
@@ -46,6 +48,14 @@ NO_UNPACK = """{
 }
 """
 
+EPILOGUE = "  // sum the WK warps' tiles in warp order"
+NO_EPILOGUE = """  // (ablation) no epilogue: every warp stores its accumulator over row 0 of y
+#pragma unroll
+  for (int h = 0; h < 2; ++h)
+    if (t == 0 && ok[2 * h])
+      y[col[2 * h]] = float_to_act(acc[h][0] + acc[h][1] + acc[h][2] + acc[h][3], BF16);
+"""
+
 
 def _replace_body(text: str, signature: str, body: str) -> str:
     """``text`` with the body of the function whose header contains ``signature`` (up to
@@ -62,7 +72,7 @@ def variant_text(name: str) -> str:
         text = _replace_body(text, "void mma(float (&c)[4]", NO_MMA)
     if name in ("no-unpack", "neither", "bare"):
         text = _replace_body(text, "void unpack(uint32_t w", NO_UNPACK)
-    if name == "bare":
+    if name in ("bare", "skeleton"):
         text = _replace_body(text, "void mma(float (&c)[4]", NO_MMA)
         for old, new in (("const int vecs = XS ? M * nblk * 16 : 0;", "const int vecs = 0;"),
                          ("if (g < M && XS) {", "if (false) {"),
@@ -70,10 +80,14 @@ def variant_text(name: str) -> str:
             if text.count(old) != 1:
                 raise SystemExit(f"ablate_w4a16: {SOURCE.name} no longer has {old!r} once")
             text = text.replace(old, new)
+    if name == "skeleton":
+        start = text.index(EPILOGUE)
+        end = text.index("\n}\n", start) + 1
+        text = text[:start] + NO_EPILOGUE + text[end:]
     return text
 
 
-VARIANTS = ("as is", "no-mma", "no-unpack", "neither", "bare")
+VARIANTS = ("as is", "no-mma", "no-unpack", "neither", "bare", "skeleton")
 
 
 def write_variants(where: Path) -> dict[str, Path]:

@@ -1,8 +1,8 @@
 """bench/ablate_w4a16.py makes copies of the W4A16 decode kernel with parts of its arithmetic
 taken out (a timing tool only). Checked on CPU: each variant differs from
-kernels/w4a16/mma_decode.cu exactly where it says (the bodies of `mma` / `unpack`, and for
-`bare` the three x reads), the rest of the text is the kernel's own, and the most changed
-variant still compiles for sm_90 (nvcc only)."""
+kernels/w4a16/mma_decode.cu where it says (the bodies of `mma` / `unpack`; for `bare` also
+the three x reads, for `skeleton` also the epilogue), the rest of the text is the
+kernel's own, and the most changed variant still compiles for sm_90 (nvcc only)."""
 
 from __future__ import annotations
 
@@ -55,12 +55,16 @@ def test_variants_change_only_what_they_name() -> None:
     diff = _changed_lines(neither, bare)
     assert sorted(ln[0] for ln in diff) == ["+"] * 3 + ["-"] * 3
     assert "const int vecs = 0;" in bare and "if (false) {" in bare
+    # `skeleton` = bare without the epilogue: the warps' sum and the split-K sum are gone
+    skeleton = ab.variant_text("skeleton")
+    assert "atomicAdd(locks" in bare and "atomicAdd(locks" not in skeleton
+    assert skeleton.count("load(u);") == bare.count("load(u);") == 2   # prologue, loop
 
 
 @pytest.mark.skipif(cuda_build.find_nvcc() is None, reason="no nvcc here")
-def test_bare_variant_compiles(tmp_path, monkeypatch) -> None:
+def test_skeleton_variant_compiles(tmp_path, monkeypatch) -> None:
     ab = _module()
     monkeypatch.setenv("OPTIMIZER_CACHE", str(tmp_path / "cache"))
     paths = ab.write_variants(tmp_path / "src")
-    lib = cuda_build.build(paths["bare"], "sm_90")
+    lib = cuda_build.build(paths["skeleton"], "sm_90")
     assert lib.is_file() and lib.stat().st_size > 0
