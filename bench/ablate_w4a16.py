@@ -8,8 +8,8 @@ CUDA-graph replay over rotating weight copies).
 Variants, each a copy of kernels/w4a16/mma_decode.cu with one function body replaced (the
 results are wrong on purpose; only their time is read):
 - ``no-mma``: `mma` XORs its operands into the accumulator (2 integer ops, no tensor core);
-- ``no-unpack``: `unpack` gives each of its 4 outputs the word XOR the zero pair (1 op
-  each, no dependent shift / mask / subtract);
+- ``no-unpack``: `unpack` gives each of its 4 outputs the word, shifted, XOR the zero pair
+  (2 ops each, none of them dependent on another);
 - ``neither``: both; what is left is the loads, the x staging, the scale folds and the
   epilogue;
 - ``bare``: neither, and no x read at all (no staging; the B operands are zeros): what is
@@ -66,28 +66,32 @@ def _replace_body(text: str, signature: str, body: str) -> str:
     return text[:open_] + body + text[close:]
 
 
+# what each variant takes out, each a superset of the one before from "neither" on
+REMOVED = {"as is": (), "no-mma": ("mma",), "no-unpack": ("unpack",),
+           "neither": ("mma", "unpack"), "bare": ("mma", "unpack", "x"),
+           "skeleton": ("mma", "unpack", "x", "epilogue")}
+VARIANTS = tuple(REMOVED)
+
+
 def variant_text(name: str) -> str:
     text = SOURCE.read_text()
-    if name in ("no-mma", "neither"):
+    removed = REMOVED[name]
+    if "mma" in removed:
         text = _replace_body(text, "void mma(float (&c)[4]", NO_MMA)
-    if name in ("no-unpack", "neither", "bare"):
+    if "unpack" in removed:
         text = _replace_body(text, "void unpack(uint32_t w", NO_UNPACK)
-    if name in ("bare", "skeleton"):
-        text = _replace_body(text, "void mma(float (&c)[4]", NO_MMA)
+    if "x" in removed:
         for old, new in (("const int vecs = XS ? M * nblk * 16 : 0;", "const int vecs = 0;"),
                          ("if (g < M && XS) {", "if (false) {"),
                          ("} else if (g < M) {", "} else if (false) {")):
             if text.count(old) != 1:
                 raise SystemExit(f"ablate_w4a16: {SOURCE.name} no longer has {old!r} once")
             text = text.replace(old, new)
-    if name == "skeleton":
+    if "epilogue" in removed:
         start = text.index(EPILOGUE)
         end = text.index("\n}\n", start) + 1
         text = text[:start] + NO_EPILOGUE + text[end:]
     return text
-
-
-VARIANTS = ("as is", "no-mma", "no-unpack", "neither", "bare", "skeleton")
 
 
 def write_variants(where: Path) -> dict[str, Path]:

@@ -58,6 +58,8 @@ def test_variants_change_only_what_they_name() -> None:
     # `skeleton` = bare without the epilogue: the warps' sum and the split-K sum are gone
     skeleton = ab.variant_text("skeleton")
     assert "atomicAdd(locks" in bare and "atomicAdd(locks" not in skeleton
+    assert "mma.sync.aligned.m16n8k16" not in skeleton and "lop3.b32" not in skeleton
+    assert "const int vecs = 0;" in skeleton
     assert skeleton.count("load(u);") == bare.count("load(u);") == 2   # prologue, loop
 
 
