@@ -3,12 +3,13 @@ at first use (kernels/cuda_build.py), and say how to carry them there.
 
     python3 bench/prebuild_cuda.py [--arch sm_90] [--out .carry-cuda]
 
-Builds kernels/w4a16/mma_decode.cu and kernels/gemv/gemv.cu into ``OUT/optcache`` (the
-layout of ``$OPTIMIZER_CACHE``). The cache key covers the source and the headers it
-includes, the arch, the flags and nvcc's version, so a library built with the same nvcc as the GPU machine's (13.0 on the
-lent H100/H200, 13.0 here) is found there instead of built: on a fresh device machine that
-saves the 90-115 s first-use build (bench/RESULTS.md, fifth session). Carry ``OUT`` with
-the device call; bench/device_suite.sh copies ``.carry-cuda/optcache`` into its cache.
+Builds kernels/w4a16/mma_decode.cu, kernels/gemv/gemv.cu and bench/read_floor.cu into
+``OUT/optcache`` (the layout of ``$OPTIMIZER_CACHE``). The cache key covers the source and
+the headers it includes, the arch, the flags and nvcc's version, so a library built with
+the same nvcc as the GPU machine's (13.0 on the lent H100/H200, 13.0 here) is found
+there instead of built: on a fresh device machine that saves the 90-115 s first-use build
+(bench/RESULTS.md, fifth session). Carry ``OUT`` with the device call; bench/device_suite.sh
+copies ``.carry-cuda/optcache`` into its cache.
 A different nvcc there only means a different key: the kernels are then built as usual.
 """
 

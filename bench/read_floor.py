@@ -145,10 +145,10 @@ def isolated(shapes: list[str], m: int) -> None:
         pat_cap = gemm.graph_timed(lambda p: rd.pattern(p, y, cfg, split, capped),
                                    layer.ours, 10.0)
         best = None
+        flats = [p["qweight"].view(-1) for p in layer.ours]
         for u in (2, 4, 8):
             for per_sm in (1, 2, 4, 8):
                 ctas = per_sm * sms
-                flats = [p["qweight"].view(-1) for p in layer.ours]
                 if not rd.checked(lambda: rd.linear(flats[0], u, ctas, True), want):
                     raise SystemExit(f"{name}: the linear read (u={u}, {ctas} CTAs) did not "
                                      f"read every word once")

@@ -59,7 +59,8 @@ def sweep(name: str, ms: list[int], bw: float) -> list[dict]:
 
 
 def main() -> None:
-    gemm.sweep_main(__doc__, sweep, "qkv 8B,o 7B,gateup 8B,down 8B", "1,8", "w4a16_mma_sweep.json")
+    gemm.sweep_main(__doc__, sweep, "qkv 8B,o 7B,gateup 8B,down 8B", "1,8",
+                    "w4a16_mma_sweep.json")
 
 
 if __name__ == "__main__":
