@@ -31,8 +31,9 @@ def sweep(name: str, ms: list[int], bw: float) -> list[dict]:
         nbytes = layer.bytes["ours"] + m * k * 2 + m * n * 2
         pick = cd.pick_config(m, n, k, sms)
         res = []
-        cands = [cd.MmaConfig(w, u, s, xs) for w in (4, 8) for u, xs in
-                 ((2, False), (4, False), (2, True)) for s in SPLITS if s <= k // 128]
+        cands = [cd.MmaConfig(w, u, s, xs) for w in (4, 8, 16) for u, xs in
+                 ((2, False), (4, False), (2, True)) for s in SPLITS
+                 if s <= k // 128 and (w < 16 or u == 2)]
         for cfg in cands:
             try:
                 err = gemm.check(layer, x, tg.w4a16_linear(x, layer.ours[0], config=cfg))

@@ -281,7 +281,8 @@ class TestMma:
 
     @pytest.mark.parametrize("m", [1, 2, 5, 8])
     @pytest.mark.parametrize("warps,inflight,split", [(4, 2, 1), (4, 4, 3), (8, 2, 7),
-                                                      (8, 4, 2), (4, 2, 0)])
+                                                      (8, 4, 2), (4, 2, 0), (16, 2, 1),
+                                                      (16, 2, 3)])
     @pytest.mark.parametrize("stage_x", [False, True])
     @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
     def test_configs(self, mma, m: int, warps: int, inflight: int, split: int, stage_x: bool,

@@ -47,7 +47,7 @@ SMEM_MAX = 96 * 1024          # staged x per CTA: M * (its K blocks) * 256 bytes
 
 @dataclasses.dataclass(frozen=True)
 class MmaConfig:
-    """warps: warps per CTA (4 or 8), all on the same 32 columns, each taking every
+    """warps: warps per CTA (4, 8 or 16), all on the same 32 columns, each taking every
     warps-th K block; inflight: K blocks each warp holds in registers ahead (2 or 4);
     split_k: CTAs along K (0: chosen by `choose_split`); stage_x: x of the CTA's K range
     copied into shared memory first (else each lane loads its operands from global memory
@@ -59,8 +59,10 @@ class MmaConfig:
     stage_x: bool = False
 
     def __post_init__(self) -> None:
-        if self.warps not in (4, 8):
-            raise ValueError(f"MmaConfig.warps: expected 4 or 8, got {self.warps}")
+        if self.warps not in (4, 8, 16):
+            raise ValueError(f"MmaConfig.warps: expected 4, 8 or 16, got {self.warps}")
+        if self.warps == 16 and self.inflight != 2:
+            raise ValueError("MmaConfig: 16 warps per CTA only with 2 blocks in flight")
         if self.inflight not in (2, 4):
             raise ValueError(f"MmaConfig.inflight: expected 2 or 4, got {self.inflight}")
         if not 0 <= self.split_k <= 64:
@@ -77,6 +79,14 @@ def choose_split(m: int, kp: int, cfg: MmaConfig) -> int:
     return split
 
 
+def _min_split(m: int, kp: int, cfg: MmaConfig) -> int:
+    """The smallest split at which the staged x fits in SMEM_MAX (1 without staging)."""
+    blocks, split = kp // 128, 1
+    while cfg.stage_x and split < blocks and m * -(-blocks // split) * 256 > SMEM_MAX:
+        split += 1
+    return split
+
+
 def pick_config(m: int, n: int, kp: int, sms: int = 132) -> MmaConfig:
     """The winners of bench/w4a16_mma_sweep.py on an H200 (2026-12-01, bench/RESULTS.md),
     Llama-3-8B qkv / o / gate-up / down at M = 1 and 8: 8 warps per CTA, except 4 where the
@@ -86,7 +96,13 @@ def pick_config(m: int, n: int, kp: int, sms: int = 132) -> MmaConfig:
     ~5% of it."""
     tiles = -(-n // 32)
     wide = tiles > 2 * sms
-    cfg = MmaConfig(warps=4 if wide else 8, inflight=2, stage_x=m == 1 and not wide)
+    # experiment (exp/wk16): where the 32-column tiles fit the SMs in one CTA each (o,
+    # down), 16 warps per CTA and no split: twice the warps per SM, no split-K sum
+    few = tiles <= sms and os.environ.get("OPTIMIZER_W4A16_WK16", "1") != "0"
+    cfg = MmaConfig(warps=4 if wide else 16 if few else 8, inflight=2,
+                    stage_x=m == 1 and not wide)
+    if few:
+        return dataclasses.replace(cfg, split_k=_min_split(m, kp, cfg))
     return dataclasses.replace(cfg, split_k=choose_split(m, kp, cfg))
 
 

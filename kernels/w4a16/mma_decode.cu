@@ -334,13 +334,15 @@ cudaError_t by_shape(int wk, int u, int xs, const void* x, const void* qw, const
                                        split, sxm, sym, smem, st, pdl, vec_x);
   W4_CASE(4, 2, true) W4_CASE(4, 4, true) W4_CASE(8, 2, true) W4_CASE(8, 4, true)
   W4_CASE(4, 2, false) W4_CASE(4, 4, false) W4_CASE(8, 2, false) W4_CASE(8, 4, false)
+  W4_CASE(16, 2, true) W4_CASE(16, 2, false)
 #undef W4_CASE
   return cudaErrorInvalidValue;
 }
 
 }  // namespace
 
-// gs: the layout's rows per group (32, 64 or a multiple of 128); wk: warps per CTA (4, 8);
+// gs: the layout's rows per group (32, 64 or a multiple of 128); wk: warps per CTA (4, 8,
+// or 16 with u = 2);
 // u: blocks in flight per warp (2, 4); xs: x staged in shared memory (else each lane
 // loads its B operands from global memory, block by block); vec_x: x 16-byte aligned with a row stride of a
 // multiple of 8 (16-byte loads of x). Returns a cudaError_t (0: launched).
