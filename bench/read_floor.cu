@@ -153,10 +153,10 @@ cudaError_t pattern(const void* qw, const void* sz, void* y, void* sink, int M, 
 
 }  // namespace
 
-// szn: scale words per column and K block (4, 2, 1: groups of 32, 64, >= 128); wk: 4 or 8
-// warps; u: 2 or 4 blocks in flight per warp; smem: dynamic shared memory per CTA (0, or
-// enough to cap the CTAs per SM); check: XOR all words read into *sink. Returns a
-// cudaError_t (0: launched).
+// szn: scale words per column and K block (4, 2, 1: groups of 32, 64, >= 128); wk: 4, 8
+// or 16 warps; u: 2 or 4 blocks in flight per warp (16 warps: 2); smem: dynamic shared
+// memory per CTA (0, or enough to cap the CTAs per SM); check: XOR all words read into
+// *sink. Returns a cudaError_t (0: launched).
 extern "C" int read_pattern_launch(int wk, int u, int szn, const void* qw, const void* sz,
                                    void* y, void* sink, int M, int N, int KP, int split,
                                    int stride_ym, size_t smem, void* stream, int pdl,
@@ -168,6 +168,7 @@ extern "C" int read_pattern_launch(int wk, int u, int szn, const void* qw, const
                                   pdl, check);
   RP(4, 2, 1) RP(4, 2, 2) RP(4, 2, 4) RP(4, 4, 1) RP(4, 4, 2) RP(4, 4, 4)
   RP(8, 2, 1) RP(8, 2, 2) RP(8, 2, 4) RP(8, 4, 1) RP(8, 4, 2) RP(8, 4, 4)
+  RP(16, 2, 1) RP(16, 2, 2) RP(16, 2, 4)
 #undef RP
   return (int)cudaErrorInvalidValue;
 }

@@ -90,14 +90,15 @@ def _min_split(m: int, kp: int, cfg: MmaConfig) -> int:
 def pick_config(m: int, n: int, kp: int, sms: int = 132) -> MmaConfig:
     """The winners of bench/w4a16_mma_sweep.py on an H200 (2026-12-01, bench/RESULTS.md),
     Llama-3-8B qkv / o / gate-up / down at M = 1 and 8: 8 warps per CTA, except 4 where the
-    32-column tiles alone make more than 2 CTAs per SM (gate-up); x staged in shared memory
-    at M = 1 on the narrower shapes (5-8% faster there), loaded per block otherwise; 2
-    blocks in flight per warp; split-K as `choose_split`. Each pick was the best or within
-    ~5% of it."""
+    32-column tiles alone make more than 2 CTAs per SM (gate-up) and 16 where they fit the
+    SMs one CTA each (o, down: twice the warps per SM, and no split-K, whose sum cost down
+    ~3.5 us of its 12.9; 4.9% more int4 decode tok/s, eighth session); x staged in shared
+    memory at M = 1 on the narrower shapes (5-8% faster there), loaded per block otherwise;
+    2 blocks in flight per warp; split-K as `choose_split` (16 warps: only as far as the
+    staged x needs). Each pick was the best or within ~5% of it.
+    OPTIMIZER_W4A16_WK16=0 gives the 8-warp picks for o and down (A/B measurements)."""
     tiles = -(-n // 32)
     wide = tiles > 2 * sms
-    # experiment (exp/wk16): where the 32-column tiles fit the SMs in one CTA each (o,
-    # down), 16 warps per CTA and no split: twice the warps per SM, no split-K sum
     few = tiles <= sms and os.environ.get("OPTIMIZER_W4A16_WK16", "1") != "0"
     cfg = MmaConfig(warps=4 if wide else 16 if few else 8, inflight=2,
                     stage_x=m == 1 and not wide)
