@@ -69,22 +69,18 @@ class MmaConfig:
             raise ValueError(f"MmaConfig.split_k: expected 0..64, got {self.split_k}")
 
 
-def choose_split(m: int, kp: int, cfg: MmaConfig) -> int:
-    """CTAs along K: 1, or 2 where a warp would otherwise stream more than 8 K blocks
-    (down projections); more only as far as the staged x needs to fit in SMEM_MAX."""
-    blocks = kp // 128
-    split = 2 if blocks > 8 * cfg.warps else 1
-    while cfg.stage_x and split < blocks and m * -(-blocks // split) * 256 > SMEM_MAX:
-        split += 1
-    return split
-
-
 def _min_split(m: int, kp: int, cfg: MmaConfig) -> int:
     """The smallest split at which the staged x fits in SMEM_MAX (1 without staging)."""
     blocks, split = kp // 128, 1
     while cfg.stage_x and split < blocks and m * -(-blocks // split) * 256 > SMEM_MAX:
         split += 1
     return split
+
+
+def choose_split(m: int, kp: int, cfg: MmaConfig) -> int:
+    """CTAs along K: 1, or 2 where a warp would otherwise stream more than 8 K blocks
+    (down projections); more only as far as the staged x needs to fit in SMEM_MAX."""
+    return max(2 if kp // 128 > 8 * cfg.warps else 1, _min_split(m, kp, cfg))
 
 
 def pick_config(m: int, n: int, kp: int, sms: int = 132) -> MmaConfig:
