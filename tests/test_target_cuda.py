@@ -175,3 +175,32 @@ def test_engine_groups_rope_and_attention(tiny: Path) -> None:
     i = next(i for i, n in enumerate(g.nodes) if n is attn)
     nodes = group_nodes([*g.nodes[:i + 1], extra, *g.nodes[i + 1:]])
     assert Counter(n.op for n in nodes)["rope_qk_attention"] == layers - 1
+
+
+def test_engine_groups_gate_up_and_silu(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """In an int4 --target cuda graph the engine's schedule runs each layer's gate-up
+    w4a16_linear -> silu_mul as one w4a16_silu node: the linear's inputs, weights and
+    attributes, the silu_mul's output, and the linear's output as the key of its kernel
+    tensors. A gate-up output that is also a graph output stays apart, and
+    OPTIMIZER_FUSE_GU_SILU=0 keeps every layer apart."""
+    from optimizer.runtime.cuda_ops import group_nodes
+    g = optimizer.PassManager(["dce", *CUDA_FUSION, RTN4, "cuda-layout:device=cpu"]).run(
+        optimizer.import_model(tiny))
+    before = _ops(g)
+    layers = before["attention"]
+    assert layers == 2 and before["silu_mul"] == layers
+    nodes = group_nodes(list(g.nodes), tuple(g.outputs))
+    after = Counter(n.op for n in nodes)
+    assert after["w4a16_silu"] == layers and after["silu_mul"] == 0
+    assert after["w4a16_linear"] == before["w4a16_linear"] - layers
+    act = next(n for n in g.nodes if n.op == "silu_mul")
+    gate_up = next(n for n in g.nodes if n.outputs == act.inputs)
+    assert gate_up.op == "w4a16_linear"
+    fused = next(n for n in nodes if n.op == "w4a16_silu" and n.outputs == act.outputs)
+    assert fused.inputs == gate_up.inputs and fused.weights == gate_up.weights
+    assert fused.attr("prepared") == gate_up.outputs[0]
+    assert {k: v for k, v in fused.attrs if k != "prepared"} == dict(gate_up.attrs)
+    nodes = group_nodes(list(g.nodes), (*g.outputs, gate_up.outputs[0]))
+    assert Counter(n.op for n in nodes)["w4a16_silu"] == layers - 1
+    monkeypatch.setenv("OPTIMIZER_FUSE_GU_SILU", "0")
+    assert Counter(n.op for n in group_nodes(list(g.nodes)))["w4a16_silu"] == 0

@@ -111,7 +111,7 @@ def _library(index: int) -> ctypes.CDLL | None:
         return None
     fn = lib.w4a16_mma_launch
     fn.restype = ctypes.c_int
-    fn.argtypes = ([ctypes.c_int] * 5 + [ctypes.c_void_p] * 7 + [ctypes.c_int] * 7
+    fn.argtypes = ([ctypes.c_int] * 6 + [ctypes.c_void_p] * 7 + [ctypes.c_int] * 7
                    + [ctypes.c_size_t, ctypes.c_void_p, ctypes.c_int, ctypes.c_int])
     lib.w4a16_mma_error_string.restype = ctypes.c_char_p
     lib.w4a16_mma_error_string.argtypes = [ctypes.c_int]
@@ -135,14 +135,20 @@ def available(x: torch.Tensor) -> bool:
 
 
 def w4a16_mma(x: torch.Tensor, prepared: dict[str, torch.Tensor], bias: torch.Tensor | None,
-              y: torch.Tensor, gs: int, cfg: MmaConfig | None = None) -> None:
+              y: torch.Tensor, gs: int, cfg: MmaConfig | None = None,
+              gate_up_silu: bool = False) -> None:
     """y [M, N] = x [M, KX] @ W^T (+ bias) by mma_decode.cu; x in layout row order (act-order
-    gathered already), `available(x)` true, y contiguous of x's dtype."""
+    gathered already), `available(x)` true, y contiguous of x's dtype. gate_up_silu: W is a
+    fused gate-up projection [W_gate; W_up] (N = 2F) and y [M, F] = silu(gate) * up, the
+    SiLU-mul done in the kernel's epilogue (2 blocks in flight only)."""
     qweight, sz = prepared["qweight"], prepared["sz"]
     m, kx = x.shape
     kp, n = qweight.shape[0] * 8, qweight.shape[1]
     if cfg is None:
         cfg = pick_config(m, n, kp, sm_count(x.device))
+    if gate_up_silu and (n % 2 or cfg.inflight != 2):
+        raise ValueError(f"w4a16_mma: the gate-up SiLU-mul needs an even N (got {n}) and 2 "
+                         f"blocks in flight (got {cfg.inflight})")
     split = cfg.split_k or choose_split(m, kp, cfg)
     blocks = kp // 128
     split = min(split, blocks)
@@ -163,6 +169,7 @@ def w4a16_mma(x: torch.Tensor, prepared: dict[str, torch.Tensor], bias: torch.Te
     lib = _library(_index(x.device))
     err = lib.w4a16_mma_launch(
         int(x.dtype == torch.bfloat16), gs, cfg.warps, cfg.inflight, int(cfg.stage_x),
+        int(gate_up_silu),
         x.data_ptr(), qweight.data_ptr(), sz.data_ptr(),
         bias.data_ptr() if bias is not None else None, y.data_ptr(), ws_ptr, locks_ptr,
         m, n, kx, kp, split, x.stride(0), y.stride(0), smem,

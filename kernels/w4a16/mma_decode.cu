@@ -68,8 +68,14 @@ __device__ __forceinline__ void mma(float (&c)[4], uint32_t a0, uint32_t a1, uin
 }
 
 // GS: rows per group: 32, 64, 128, or 0 for another multiple of 128 (GSR rows; the scale is
-// then applied per block, the same sum). SZN: scale words per column and block.
-template <bool BF16, int GS, int WK, int U, bool XS>
+// then applied per block, the same sum). SZN: scale words per column and block. GU: W is a
+// fused gate-up projection ([W_gate; W_up], N = 2F) and y [M, F] = silu(x W_gate^T) * (x
+// W_up^T): the CTA's first 16-column MMA tile takes gate columns j0 .. j0 + 15 (j0 = 16 *
+// tile), its second the up columns F + j0 .., so each lane holds the gate and the up
+// value of the same feature and row and the epilogue writes their SiLU-mul (float32, one
+// rounding; a bias is added to both first). The loads are unchanged: 512 contiguous bytes
+// per 8 columns either way.
+template <bool BF16, int GS, int WK, int U, bool XS, bool GU>
 __global__ void __launch_bounds__(WK * 32)
 w4a16_mma_kernel(const uint16_t* __restrict__ x, const uint4* __restrict__ qw,
                  const uint32_t* __restrict__ sz, const uint16_t* __restrict__ bias,
@@ -90,11 +96,18 @@ w4a16_mma_kernel(const uint16_t* __restrict__ x, const uint4* __restrict__ qw,
   const int nb = nblk > warp ? (nblk - warp + WK - 1) / WK : 0;   // this warp's blocks
 
   int col[4];                       // q = 2 * tile16 + h: column n0 + 16 * tile16 + g + 8h
-  bool ok[4];
+  bool ok[4];                       // (GU: column (tile16 ? F : 0) + 16 * tile + g + 8h)
+  const int F = N / 2;
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
-    col[q] = n0 + 16 * (q >> 1) + g + 8 * (q & 1);
-    ok[q] = col[q] < N;
+    if (GU) {
+      const int f = tile * 16 + g + 8 * (q & 1);
+      col[q] = (q >> 1) * F + f;
+      ok[q] = f < F;
+    } else {
+      col[q] = n0 + 16 * (q >> 1) + g + 8 * (q & 1);
+      ok[q] = col[q] < N;
+    }
   }
 
   // running pointers to this warp's next block (b = b_lo + warp + WK i) of each column
@@ -281,25 +294,40 @@ w4a16_mma_kernel(const uint16_t* __restrict__ x, const uint4* __restrict__ qw,
       }
     if (lane == 0) locks[tile] = 0;
   }
-#pragma unroll
-  for (int h = 0; h < 2; ++h)
+  if (GU) {                          // (h = 0, e) is the gate, (1, e) the up of one feature
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      const int m = 2 * t + (e & 1), q = 2 * h + (e >> 1);
+      const int m = 2 * t + (e & 1), q = e >> 1;
       if (m < M && ok[q]) {
-        float v = tot[h][e];
-        if (bias) v += act_to_float(bias[col[q]], BF16);
-        y[(size_t)m * stride_ym + col[q]] = float_to_act(v, BF16);
+        float a = tot[0][e], b = tot[1][e];
+        if (bias) {
+          a += act_to_float(bias[col[q]], BF16);
+          b += act_to_float(bias[col[q + 2]], BF16);
+        }
+        y[(size_t)m * stride_ym + col[q]] = float_to_act(a / (1.f + __expf(-a)) * b, BF16);
       }
     }
+  } else {
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int m = 2 * t + (e & 1), q = 2 * h + (e >> 1);
+        if (m < M && ok[q]) {
+          float v = tot[h][e];
+          if (bias) v += act_to_float(bias[col[q]], BF16);
+          y[(size_t)m * stride_ym + col[q]] = float_to_act(v, BF16);
+        }
+      }
+  }
 }
 
-template <bool BF16, int GS, int WK, int U, bool XS>
+template <bool BF16, int GS, int WK, int U, bool XS, bool GU>
 cudaError_t launch(const void* x, const void* qw, const void* sz, const void* bias, void* y,
                    void* ws, void* locks, int M, int N, int KX, int KP, int GSR, int split,
                    int stride_xm, int stride_ym, size_t smem, cudaStream_t stream, int pdl,
                    int vec_x) {
-  auto kern = w4a16_mma_kernel<BF16, GS, WK, U, XS>;
+  auto kern = w4a16_mma_kernel<BF16, GS, WK, U, XS, GU>;
   static size_t smem_set = 48 * 1024;
   if (smem > smem_set) {
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -324,17 +352,21 @@ cudaError_t launch(const void* x, const void* qw, const void* sz, const void* bi
 }
 
 template <bool BF16, int GS>
-cudaError_t by_shape(int wk, int u, int xs, const void* x, const void* qw, const void* sz,
+cudaError_t by_shape(int wk, int u, int xs, int gu, const void* x, const void* qw, const void* sz,
                      const void* bias, void* y, void* ws, void* locks, int M, int N, int KX,
                      int KP, int GSR, int split, int sxm, int sym, size_t smem,
                      cudaStream_t st, int pdl, int vec_x) {
-#define W4_CASE(W, UU, XS)                                                                   \
-  if (wk == W && u == UU && (bool)xs == XS)                                                  \
-    return launch<BF16, GS, W, UU, XS>(x, qw, sz, bias, y, ws, locks, M, N, KX, KP, GSR,     \
-                                       split, sxm, sym, smem, st, pdl, vec_x);
-  W4_CASE(4, 2, true) W4_CASE(4, 4, true) W4_CASE(8, 2, true) W4_CASE(8, 4, true)
-  W4_CASE(4, 2, false) W4_CASE(4, 4, false) W4_CASE(8, 2, false) W4_CASE(8, 4, false)
-  W4_CASE(16, 2, true) W4_CASE(16, 2, false)
+#define W4_CASE(W, UU, XS, GU)                                                               \
+  if (wk == W && u == UU && (bool)xs == XS && (bool)gu == GU)                                \
+    return launch<BF16, GS, W, UU, XS, GU>(x, qw, sz, bias, y, ws, locks, M, N, KX, KP,      \
+                                           GSR, split, sxm, sym, smem, st, pdl, vec_x);
+  W4_CASE(4, 2, true, false) W4_CASE(4, 4, true, false) W4_CASE(8, 2, true, false)
+  W4_CASE(8, 4, true, false) W4_CASE(4, 2, false, false) W4_CASE(4, 4, false, false)
+  W4_CASE(8, 2, false, false) W4_CASE(8, 4, false, false) W4_CASE(16, 2, true, false)
+  W4_CASE(16, 2, false, false)
+  // the gate-up SiLU-mul: 2 blocks in flight only (every pick has 2)
+  W4_CASE(4, 2, true, true) W4_CASE(4, 2, false, true) W4_CASE(8, 2, true, true)
+  W4_CASE(8, 2, false, true) W4_CASE(16, 2, true, true) W4_CASE(16, 2, false, true)
 #undef W4_CASE
   return cudaErrorInvalidValue;
 }
@@ -342,21 +374,23 @@ cudaError_t by_shape(int wk, int u, int xs, const void* x, const void* qw, const
 }  // namespace
 
 // gs: the layout's rows per group (32, 64 or a multiple of 128); wk: warps per CTA (4, 8,
-// or 16 with u = 2);
-// u: blocks in flight per warp (2, 4); xs: x staged in shared memory (else each lane
-// loads its B operands from global memory, block by block); vec_x: x 16-byte aligned with a row stride of a
-// multiple of 8 (16-byte loads of x). Returns a cudaError_t (0: launched).
-extern "C" int w4a16_mma_launch(int bf16, int gs, int wk, int u, int xs, const void* x,
-                                const void* qw, const void* sz, const void* bias, void* y,
-                                void* ws, void* locks, int M, int N, int KX, int KP, int split,
-                                int stride_xm, int stride_ym, size_t smem, void* stream,
-                                int pdl, int vec_x) {
+// or 16 with u = 2); u: blocks in flight per warp (2, 4); xs: x staged in shared memory
+// (else each lane loads its B operands from global memory, block by block); gu: W is a
+// fused gate-up projection (N = 2F, u = 2) and y [M, F] its SiLU-mul; vec_x: x 16-byte
+// aligned with a row stride of a multiple of 8 (16-byte loads of x). Returns a
+// cudaError_t (0: launched).
+extern "C" int w4a16_mma_launch(int bf16, int gs, int wk, int u, int xs, int gu,
+                                const void* x, const void* qw, const void* sz,
+                                const void* bias, void* y, void* ws, void* locks, int M,
+                                int N, int KX, int KP, int split, int stride_xm,
+                                int stride_ym, size_t smem, void* stream, int pdl,
+                                int vec_x) {
   cudaStream_t st = (cudaStream_t)stream;
   const int kind = gs == 32 ? 32 : gs == 64 ? 64 : gs == 128 ? 128 : 0;
 #define W4_GS(B, G)                                                                         \
   if ((bool)bf16 == B && kind == G)                                                         \
-    return (int)by_shape<B, G>(wk, u, xs, x, qw, sz, bias, y, ws, locks, M, N, KX, KP, gs,      \
-                               split, stride_xm, stride_ym, smem, st, pdl, vec_x);
+    return (int)by_shape<B, G>(wk, u, xs, gu, x, qw, sz, bias, y, ws, locks, M, N, KX, KP,  \
+                               gs, split, stride_xm, stride_ym, smem, st, pdl, vec_x);
   W4_GS(true, 32) W4_GS(true, 64) W4_GS(true, 128) W4_GS(true, 0)
   W4_GS(false, 32) W4_GS(false, 64) W4_GS(false, 128) W4_GS(false, 0)
 #undef W4_GS

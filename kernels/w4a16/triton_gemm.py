@@ -668,3 +668,34 @@ def w4a16_linear(x: torch.Tensor, prepared: dict[str, torch.Tensor],
     else:
         _gemm(x2, prepared, bias, y, cfg, gather)
     return y.reshape(*lead, n)
+
+
+def w4a16_gate_up_silu(x: torch.Tensor, prepared: dict[str, torch.Tensor],
+                       bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``silu_mul(w4a16_linear(x, prepared, bias))`` for a fused gate-up projection
+    ([W_gate; W_up], N = 2F): x [..., K] -> [..., F]. Where `w4a16_linear` would run the
+    CUDA decode kernel (M <= cuda_decode.AUTO_MAX_M, the kernel built), the SiLU-mul is
+    done in that kernel's epilogue: one launch, gate and up never stored (float32 inside,
+    one rounding, where the two kernels round gate and up first). Otherwise the two
+    kernels. ``OPTIMIZER_FUSE_GU_SILU=0`` always takes the two."""
+    from ..activation.triton_silu_mul import silu_mul
+    qweight = prepared["qweight"]
+    kp, n = qweight.shape[0] * 8, qweight.shape[1]
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, x.shape[-1])
+    m = x2.shape[0]
+    if (0 < m <= cuda_decode.AUTO_MAX_M and n % 2 == 0 and x2.shape[1] <= kp
+            and x.dtype in (torch.bfloat16, torch.float16)
+            and os.environ.get("OPTIMIZER_FUSE_GU_SILU", "1") != "0"):
+        if x2.stride(-1) != 1:
+            x2 = x2.contiguous()
+        if cuda_decode.available(x2):
+            if "perm" in prepared:
+                x2 = gather_columns(x2, prepared["perm"])
+            if bias is not None and bias.dtype != x.dtype:
+                bias = bias.to(x.dtype)
+            y = torch.empty((m, n // 2), dtype=x.dtype, device=x.device)
+            cuda_decode.w4a16_mma(x2, prepared, bias, y, _group_rows(prepared),
+                                  gate_up_silu=True)
+            return y.reshape(*lead, n // 2)
+    return silu_mul(w4a16_linear(x, prepared, bias))

@@ -80,7 +80,7 @@ class CudaEngine:
         if missing:
             raise InvalidInput(None, f"the CUDA runtime has no kernel for ops {missing}")
         self.graph = graph
-        self.nodes = group_nodes(list(graph.nodes))     # the schedule the kernels run
+        self.nodes = group_nodes(list(graph.nodes), tuple(graph.outputs))   # the schedule
         self.device = torch.device(device)
         self.dtype = dtype
         self.use_graphs = use_graphs and self.device.type == "cuda"
