@@ -11,11 +11,11 @@
 # Steps: the GPU tests of A (GPU_TESTS, default all of tests/ marked gpu); the W4A16 decode
 # kernel sweep at M = 1, 4 under A; decode_profile of an 8-layer int4 artifact under A and B
 # (per-layer table); decode tok/s of the Llama-3-8B-shaped int4 artifact at B = 1, 2, 4
-# (SCHEMES adds others, e.g. "int4 bf16"), A B A B; VARIANTS (e.g. "OPTIMIZER_X=0 Y=0"):
-# profile and int4 decode of tree A once per setting; then EXTRA (a command line, run under
-# A); the peer (anchor_decode.py) last, where .carry-cuda/peer/anchor_decode.py was carried
-# and BUDGET_S (570) leaves it 150 s. SWEEP=0 skips the sweep. The artifacts are built by
-# A's code: the trees must agree on the artifact format. Switching trees is `pip install -e`.
+# (SCHEMES adds others, e.g. "int4 bf16"), A B A B; VARIANTS (e.g. "OPTIMIZER_X=0 Y=0,Z=1"):
+# profile and int4 decode of tree A once per setting (commas join switches set together);
+# then EXTRA (a command line, run under A); the peer (anchor_decode.py) last, where
+# .carry-cuda/peer/anchor_decode.py was carried and BUDGET_S (570) leaves it 150 s. SWEEP=0
+# skips the sweep. The artifacts are built by A's code: the trees must agree on the artifact format. Switching trees is `pip install -e`.
 set -u
 B=$(realpath "${1:?usage: bash bench/ab_trees.sh OTHER_TREE}")
 A=$PWD
@@ -60,10 +60,10 @@ for r in 1 2; do
   done
 done
 use "$A"
-for v in ${VARIANTS:-}; do                           # tree A with one switch set, e.g. X=0
+for v in ${VARIANTS:-}; do              # tree A with switches set, e.g. X=0 or X=0,Y=1
   echo "=== variant $v"
-  profile "$A" $v
-  decode "$A" int4 $v
+  profile "$A" "${v//,/ }"
+  decode "$A" int4 "${v//,/ }"
 done
 if [ -n "${EXTRA:-}" ]; then                         # more commands, under tree A
   echo "=== EXTRA ($(( $(date +%s) - t0 )) s): $EXTRA"; bash -c "$EXTRA"

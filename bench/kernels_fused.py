@@ -236,9 +236,12 @@ def main() -> int:
     ap.add_argument("--no-compile", action="store_true", help="skip torch.compile")
     ap.add_argument("--sweep", action="store_true", help="decode attention configs only")
     ap.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    ap.add_argument("--contexts", default=",".join(map(str, CONTEXTS)),
+                    help="attention contexts (--sweep only)")
     args = ap.parse_args()
     if args.sweep:
-        return sweep(map(int, args.batches.split(",")))
+        return sweep(map(int, args.batches.split(",")),
+                     [int(c) for c in args.contexts.split(",")])
     t0 = time.time()
     torch.manual_seed(0)
     bw = copy_bandwidth()
@@ -274,14 +277,15 @@ def main() -> int:
 
 
 SWEEP_CHUNKS = (None, 128, 256, 512, 1024)              # None: the shape-based choice
-SWEEP_TILES = ((64, 4, 2), (32, 4, 2), (64, 4, 3), (64, 8, 2), (128, 8, 2))   # BN, warps, st
+SWEEP_TILES = ((64, 4, 2), (32, 4, 2), (64, 4, 3), (64, 8, 2), (128, 4, 2), (128, 8, 2),
+               (256, 8, 2))                                           # BN, warps, stages
 
 
-def sweep(batches) -> int:
+def sweep(batches, contexts) -> int:
     """µs of decode_attention per (batch, context) and config; the best per shape last."""
     best = []
     for batch in batches:
-        for ctx in CONTEXTS:
+        for ctx in contexts:
             *_, nbytes, _, make, _ = _attention_case(batch, ctx, 2)
             inputs = copies(make, nbytes)
             lengths = torch.full((batch,), ctx, dtype=torch.int32, device=DEV)

@@ -204,6 +204,11 @@ def _combine_kernel(ws_ptr, ml_ptr, len_ptr, o_ptr, stride_ob, window, CHUNK, NU
              mask=offs_d < D)
 
 
+def _env(name: str) -> int | None:
+    v = os.environ.get(f"OPTIMIZER_ATTN_{name}")
+    return int(v) if v else None
+
+
 def pick_chunk(b: int, hk: int, s_max: int, block_n: int, sms: int) -> int:
     """Positions per split program: the largest power of two (>= block_n) that still gives
     B * Hk * cdiv(S_max, chunk) >= 2 programs per SM; S_max-sized when B * Hk alone does."""
@@ -217,14 +222,16 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
                      window: int | None = None, scale: float | None = None,
                      out: torch.Tensor | None = None, *, locks: torch.Tensor | None = None,
                      fused: bool | None = None, chunk: int | None = None,
-                     block_n: int | None = None, num_warps: int = 4,
-                     num_stages: int = 2) -> torch.Tensor:
+                     block_n: int | None = None, num_warps: int | None = None,
+                     num_stages: int | None = None) -> torch.Tensor:
     """q [B, Hq*D], caches [B, S_max, Hk, D], lengths [B] int32 -> out [B, Hq*D] in q's
     dtype (see the module doc). ``locks``: int32 zeros of at least B * Hk entries, left zero
     (the fused combine's arrival counters; allocated per call when None); ``fused=False``
     combines in a second kernel instead (default: fused, unless ``OPTIMIZER_ATTN_FUSED=0``).
     ``chunk`` / ``block_n`` / warps / stages override the shape-based choice (a power-of-two
-    multiple of block_n; for tuning)."""
+    multiple of block_n; for tuning); where one is None, the environment's
+    ``OPTIMIZER_ATTN_CHUNK`` / ``_BLOCK_N`` / ``_WARPS`` / ``_STAGES`` (A/B measurements in
+    the decode step) before the default."""
     bsz, s_max, hk, d = k_cache.shape
     if hk != n_kv_heads or n_heads % n_kv_heads or q.shape != (bsz, n_heads * d):
         raise ValueError(f"q {tuple(q.shape)}, cache {tuple(k_cache.shape)}: expected "
@@ -243,8 +250,12 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         return o
     r = n_heads // n_kv_heads
     block_d = max(16, triton.next_power_of_2(d))
-    block_n = block_n or (64 if block_d <= 128 and q.dtype != torch.float32 else 32)
-    chunk = chunk or pick_chunk(bsz, hk, s_max, block_n, sm_count(q.device, off_gpu=4))
+    block_n = block_n or _env("BLOCK_N") or (
+        64 if block_d <= 128 and q.dtype != torch.float32 else 32)
+    chunk = chunk or _env("CHUNK") or pick_chunk(bsz, hk, s_max, block_n,
+                                                 sm_count(q.device, off_gpu=4))
+    num_warps = num_warps or _env("WARPS") or 4
+    num_stages = num_stages or _env("STAGES") or 2
     if chunk % block_n or (window is not None and window < 1):
         raise ValueError(f"chunk {chunk} must be a multiple of block_n {block_n}, "
                          f"window {window} >= 1")   # tiles must not cross a chunk's end
