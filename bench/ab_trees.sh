@@ -15,7 +15,8 @@
 # profile and int4 decode of tree A once per setting (commas join switches set together);
 # then EXTRA (a command line, run under A); the peer (anchor_decode.py) last, where
 # .carry-cuda/peer/anchor_decode.py was carried and BUDGET_S (570) leaves it 150 s. SWEEP=0
-# skips the sweep. The artifacts are built by A's code: the trees must agree on the artifact format. Switching trees is `pip install -e`.
+# skips the sweep. The artifacts are built by A's code: the trees must agree on the artifact
+# format. Switching trees is `pip install -e`.
 set -u
 B=$(realpath "${1:?usage: bash bench/ab_trees.sh OTHER_TREE}")
 A=$PWD
