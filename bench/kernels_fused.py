@@ -9,6 +9,7 @@ Also rope_qk_cache (one launch) vs rope_qk + cache_write, and at batch 1 the flo
     python bench/kernels_fused.py --check      # quick correctness pass first (exit 1 on FAIL)
     python bench/kernels_fused.py --no-compile # skip torch.compile (its compiles take most time)
     python bench/kernels_fused.py --sweep      # decode attention: chunk / tile / warps / stages
+    python bench/kernels_fused.py --sweep --batches 1 --contexts 160 --tiles 64:4:2 --chunks none
     OUT=/tmp/k python bench/kernels_fused.py   # also writes kernels_fused.{json,md} there
 
 Method: copy bandwidth first (1 GiB device-to-device copy, bytes read + written). Each method
@@ -238,10 +239,16 @@ def main() -> int:
     ap.add_argument("--batches", default=",".join(map(str, BATCHES)))
     ap.add_argument("--contexts", default=",".join(map(str, CONTEXTS)),
                     help="attention contexts (--sweep only)")
+    ap.add_argument("--tiles", help="--sweep only these BN:warps:stages, e.g. 64:4:2,256:8:2")
+    ap.add_argument("--chunks", help="--sweep only these chunks, e.g. none,256")
     args = ap.parse_args()
     if args.sweep:
+        tiles = SWEEP_TILES if not args.tiles else [
+            tuple(map(int, t.split(":"))) for t in args.tiles.split(",")]
+        chunks = SWEEP_CHUNKS if not args.chunks else [
+            None if c == "none" else int(c) for c in args.chunks.split(",")]
         return sweep(map(int, args.batches.split(",")),
-                     [int(c) for c in args.contexts.split(",")])
+                     [int(c) for c in args.contexts.split(",")], tiles, chunks)
     t0 = time.time()
     torch.manual_seed(0)
     bw = copy_bandwidth()
@@ -281,7 +288,7 @@ SWEEP_TILES = ((64, 4, 2), (32, 4, 2), (64, 4, 3), (64, 8, 2), (128, 4, 2), (128
                (256, 8, 2))                                           # BN, warps, stages
 
 
-def sweep(batches, contexts) -> int:
+def sweep(batches, contexts, tiles=SWEEP_TILES, chunks=SWEEP_CHUNKS) -> int:
     """µs of decode_attention per (batch, context) and config; the best per shape last."""
     best = []
     for batch in batches:
@@ -290,8 +297,8 @@ def sweep(batches, contexts) -> int:
             inputs = copies(make, nbytes)
             lengths = torch.full((batch,), ctx, dtype=torch.int32, device=DEV)
             times = {}
-            for chunk in SWEEP_CHUNKS:
-                for bn, warps, stages in SWEEP_TILES:
+            for chunk in chunks:
+                for bn, warps, stages in tiles:
                     if chunk is not None and chunk < bn:
                         continue
                     kw = dict(chunk=chunk, block_n=bn, num_warps=warps, num_stages=stages)

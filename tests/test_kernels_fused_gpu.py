@@ -289,7 +289,8 @@ class TestGPU:
                    scaling={"rope_type": "linear", "factor": 4.0}, in_place=True)
 
     @pytest.mark.parametrize("dtype", DTYPES)
-    @pytest.mark.parametrize("b,s_max", [(1, 512), (1, 8192), (8, 4096), (32, 512), (5, 300)])
+    @pytest.mark.parametrize("b,s_max", [(1, 512), (1, 8192), (8, 4096), (32, 512), (5, 300),
+                                        (4, 200), (32, 200)])
     @pytest.mark.parametrize("hq,hk,d", [(32, 8, 128), (9, 3, 64), (8, 8, 64)])
     def test_decode(self, b: int, s_max: int, hq: int, hk: int, d: int,
                     dtype: torch.dtype) -> None:

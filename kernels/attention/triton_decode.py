@@ -23,6 +23,10 @@ since the projection's weight loads overlap the attention under PDL. With one ch
 (NC = 1) the split kernel writes out itself. Probabilities are rounded to v's dtype before
 the second dot, as the reference rounds them.
 
+Default tile (`default_tile`): one 256-position tile and 8 warps per (b, g) where that covers
+the cache on sm_90 (16-bit q, D <= 128, B * Hk <= SMs), else 64 positions and 4 warps (32
+for float32 or D > 128).
+
 CUDA-graph capturable: the grid depends on shapes only (B, Hk, S_max), lengths are read on
 the device, no host syncs; programs past a sequence's length loop zero times and store
 nothing. A sequence of length 0 gets zeros.
@@ -209,6 +213,22 @@ def _env(name: str) -> int | None:
     return int(v) if v else None
 
 
+def default_tile(q: torch.Tensor, b: int, hk: int, s_max: int, block_d: int,
+                 sms: int) -> tuple[int, int]:
+    """(BLOCK_N, warps). One 256-position tile and 8 warps per (b, g), with no combine, where
+    that covers the whole cache (S_max <= 256), B * Hk <= SMs, q is 16-bit with D <= 128 on
+    sm_90: in the 8B int4 decode step on an H200 (S_max 200) it gave batch 1 / 2 / 4 decode
+    0.8 / 1.4 / 2.1% more tok/s than (64, 4) (bench/RESULTS.md). Otherwise 64 positions and
+    4 warps (32 for float32 or D > 128): 256-position tiles elsewhere measured slower alone
+    at batch 8 and 32 with 512 and 4096 positions (and at batch 1 with 512)."""
+    if block_d > 128 or q.dtype == torch.float32:
+        return 32, 4
+    if (s_max <= 256 and b * hk <= sms and q.is_cuda
+            and torch.cuda.get_device_capability(q.device)[0] == 9):
+        return 256, 8
+    return 64, 4
+
+
 def pick_chunk(b: int, hk: int, s_max: int, block_n: int, sms: int) -> int:
     """Positions per split program: the largest power of two (>= block_n) that still gives
     B * Hk * cdiv(S_max, chunk) >= 2 programs per SM; S_max-sized when B * Hk alone does."""
@@ -250,11 +270,14 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
         return o
     r = n_heads // n_kv_heads
     block_d = max(16, triton.next_power_of_2(d))
-    block_n = block_n or _env("BLOCK_N") or (
-        64 if block_d <= 128 and q.dtype != torch.float32 else 32)
-    chunk = chunk or _env("CHUNK") or pick_chunk(bsz, hk, s_max, block_n,
-                                                 sm_count(q.device, off_gpu=4))
-    num_warps = num_warps or _env("WARPS") or 4
+    sms = sm_count(q.device, off_gpu=4)
+    chunk = chunk or _env("CHUNK")
+    tile_n, tile_warps = default_tile(q, bsz, hk, s_max, block_d, sms)
+    if chunk and not (block_n or _env("BLOCK_N")):
+        tile_n = min(tile_n, chunk)            # a caller's chunk smaller than the tile
+    block_n = block_n or _env("BLOCK_N") or tile_n
+    chunk = chunk or pick_chunk(bsz, hk, s_max, block_n, sms)
+    num_warps = num_warps or _env("WARPS") or tile_warps
     num_stages = num_stages or _env("STAGES") or 2
     if chunk % block_n or (window is not None and window < 1):
         raise ValueError(f"chunk {chunk} must be a multiple of block_n {block_n}, "
