@@ -218,7 +218,7 @@ def default_tile(q: torch.Tensor, b: int, hk: int, s_max: int, block_d: int,
     """(BLOCK_N, warps). One 256-position tile and 8 warps per (b, g), with no combine, where
     that covers the whole cache (S_max <= 256), B * Hk <= SMs, q is 16-bit with D <= 128 on
     sm_90: in the 8B int4 decode step on an H200 (S_max 200) it gave batch 1 / 2 / 4 decode
-    0.8 / 1.4 / 2.1% more tok/s than (64, 4) (bench/RESULTS.md). Otherwise 64 positions and
+    0.7 / 1.6 / 2.1% more tok/s than (64, 4) (bench/RESULTS.md). Otherwise 64 positions and
     4 warps (32 for float32 or D > 128): 256-position tiles elsewhere measured slower alone
     at batch 8 and 32 with 512 and 4096 positions (and at batch 1 with 512)."""
     if block_d > 128 or q.dtype == torch.float32:
