@@ -70,6 +70,25 @@ def test_layout_dequantizes_exactly(n: int, k: int, group: int, sym: bool,
     assert torch.equal(reference.dequantize(qw, s, z, g, group, k), want), seed
 
 
+def test_pick_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    """OPTIMIZER_W4A16_PICK replaces pick_config's choice for the widths it names only; a
+    malformed entry is a ValueError naming the variable. (cuda_decode imports triton
+    through kernels/pdl.py: skipped where triton is missing.)"""
+    pytest.importorskip("triton")
+    mma = kernel("w4a16.cuda_decode")
+    default = mma.pick_config(1, 4096, 4096)
+    monkeypatch.setenv("OPTIMIZER_W4A16_PICK", "6144:16/2/3/1+28672:4/4/0/0")
+    assert mma.pick_config(1, 6144, 4096) == mma.MmaConfig(16, 2, 3, True)
+    assert mma.pick_config(4, 28672, 4096) == mma.MmaConfig(4, 4, 0, False)
+    assert mma.pick_config(1, 4096, 4096) == default
+    monkeypatch.setenv("OPTIMIZER_W4A16_PICK", "6144:8/2")
+    with pytest.raises(ValueError, match="OPTIMIZER_W4A16_PICK"):
+        mma.pick_config(1, 6144, 4096)
+    monkeypatch.setenv("OPTIMIZER_W4A16_PICK", "6144:16/4/1/0")
+    with pytest.raises(ValueError, match="16 warps"):
+        mma.pick_config(1, 6144, 4096)
+
+
 def test_layout_padding_rows_are_zero_weights() -> None:
     """Act-order, K=576, group 128: groups 0-3 fill their 128 rows, group 4 has 64 members,
     so layout rows [576, 640) are padding and must hold the zero point (weight exactly 0)."""

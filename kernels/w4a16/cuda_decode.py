@@ -83,6 +83,26 @@ def choose_split(m: int, kp: int, cfg: MmaConfig) -> int:
     return max(2 if kp // 128 > 8 * cfg.warps else 1, _min_split(m, kp, cfg))
 
 
+def pick_override(n: int) -> MmaConfig | None:
+    """The config OPTIMIZER_W4A16_PICK names for width N, else None: entries
+    ``N:warps/inflight/split/stage_x`` joined by ``+`` (e.g. ``6144:8/2/2/1+28672:4/2/1/0``;
+    split 0: `choose_split`), for A/B measurements of configs in the decode step."""
+    spec = os.environ.get("OPTIMIZER_W4A16_PICK")
+    if not spec:
+        return None
+    for entry in spec.split("+"):
+        try:
+            width, cfg = entry.split(":")
+            warps, inflight, split, stage_x = (int(v) for v in cfg.split("/"))
+            width_n = int(width)
+        except ValueError:
+            raise ValueError(f"OPTIMIZER_W4A16_PICK: {entry!r} is not "
+                             f"N:warps/inflight/split/stage_x") from None
+        if width_n == n:
+            return MmaConfig(warps, inflight, split, bool(stage_x))
+    return None
+
+
 def pick_config(m: int, n: int, kp: int, sms: int = 132) -> MmaConfig:
     """The winners of bench/w4a16_mma_sweep.py on an H200 (2026-12-01, bench/RESULTS.md),
     Llama-3-8B qkv / o / gate-up / down at M = 1 and 8: 8 warps per CTA, except 4 where the
@@ -92,7 +112,11 @@ def pick_config(m: int, n: int, kp: int, sms: int = 132) -> MmaConfig:
     memory at M = 1 on the narrower shapes (5-8% faster there), loaded per block otherwise;
     2 blocks in flight per warp; split-K as `choose_split` (16 warps: only as far as the
     staged x needs). Each pick was the best or within ~5% of it.
-    OPTIMIZER_W4A16_WK16=0 gives the 8-warp picks for o and down (A/B measurements)."""
+    OPTIMIZER_W4A16_WK16=0 gives the 8-warp picks for o and down (A/B measurements), and
+    OPTIMIZER_W4A16_PICK (`pick_override`) any config for a given N."""
+    over = pick_override(n)
+    if over is not None:
+        return over
     tiles = -(-n // 32)
     wide = tiles > 2 * sms
     few = tiles <= sms and os.environ.get("OPTIMIZER_W4A16_WK16", "1") != "0"
