@@ -272,10 +272,10 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     block_d = max(16, triton.next_power_of_2(d))
     sms = sm_count(q.device, off_gpu=4)
     chunk = chunk or _env("CHUNK")
+    block_n = block_n or _env("BLOCK_N")
     tile_n, tile_warps = default_tile(q, bsz, hk, s_max, block_d, sms)
-    if chunk and not (block_n or _env("BLOCK_N")):
-        tile_n = min(tile_n, chunk)            # a caller's chunk smaller than the tile
-    block_n = block_n or _env("BLOCK_N") or tile_n
+    if not block_n:                            # a caller's chunk smaller than the tile
+        block_n = min(tile_n, chunk) if chunk else tile_n
     chunk = chunk or pick_chunk(bsz, hk, s_max, block_n, sms)
     num_warps = num_warps or _env("WARPS") or tile_warps
     num_stages = num_stages or _env("STAGES") or 2
