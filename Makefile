@@ -28,11 +28,13 @@ artifacts: setup
 	$(OPTIMIZE) smollm2 -o $(OUT)/smollm2
 	$(OPTIMIZE) smollm2 --dtype bfloat16 -o $(OUT)/smollm2-bf16
 
+# pytest's own script, not `python -m pytest`: that puts the repo root on sys.path, where our
+# kernels/ folder would hide the PyPI package `kernels` that transformers imports.
 test: setup
-	$(PY) -m pytest -q
+	$(VENV)/bin/pytest -q
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(VENV)/bin/pytest -q -m "not slow"
 
 clean:
 	rm -rf $(OUT) .pytest_cache
