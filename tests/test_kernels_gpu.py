@@ -39,6 +39,12 @@ TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
 random_w4 = functools.partial(random_weight, 4)
 
 
+def rope_reference():
+    """kernels/rope/reference.py (inv_freq, rope_qk_cache: the float64 RoPE of the qkv
+    epilogue's tests)."""
+    return kernel("rope.reference")
+
+
 # ---- layout (CPU, every CI run) ----------------------------------------------------------
 
 LAYOUT_CASES = [   # n, k, group, sym, act_order
@@ -301,7 +307,7 @@ class TestMma:
     @pytest.mark.parametrize("m", [1, 2, 5, 8])
     @pytest.mark.parametrize("warps,inflight,split", [(4, 2, 1), (4, 4, 3), (8, 2, 7),
                                                       (8, 4, 2), (4, 2, 0), (16, 2, 1),
-                                                      (16, 2, 3)])
+                                                      (16, 2, 3), (2, 2, 1), (2, 2, 3)])
     @pytest.mark.parametrize("stage_x", [False, True])
     @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
     def test_configs(self, mma, m: int, warps: int, inflight: int, split: int, stage_x: bool,
@@ -315,7 +321,8 @@ class TestMma:
     @pytest.mark.parametrize("m", [1, 3, 8])
     @pytest.mark.parametrize("warps,split,stage_x", [(4, 1, False), (4, 0, False),
                                                      (8, 3, True), (16, 1, True),
-                                                     (16, 2, False)])
+                                                     (16, 2, False), (2, 1, False),
+                                                     (2, 2, True)])
     @pytest.mark.parametrize("group", [32, 128])
     @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
     def test_gate_up_silu(self, mma, m: int, warps: int, split: int, stage_x: bool,
@@ -359,6 +366,105 @@ class TestMma:
         assert y.shape == (m, f) and y.dtype == torch.bfloat16
         err = ((y.double() - ref).norm() / ref.norm()).item()
         assert err < TOL[torch.bfloat16], f"rel err {err:.3e}: seed={seed} m={m}"
+
+    @pytest.mark.parametrize("m", [1, 3, 8])
+    @pytest.mark.parametrize("warps,split,stage_x", [(8, 1, True), (8, 0, False),
+                                                     (4, 1, False), (16, 1, True),
+                                                     (16, 3, False), (4, 2, True)])
+    @pytest.mark.parametrize("heads", [(4, 2, 128), (9, 3, 64)])
+    @pytest.mark.parametrize("group", [32, 128])
+    @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+    def test_qkv_rope(self, mma, m: int, warps: int, split: int, stage_x: bool,
+                      heads: tuple[int, int, int], group: int, dtype: torch.dtype) -> None:
+        """The qkv RoPE + cache-write epilogue (rope=QkvRope) against the float64 reference
+        (the linear, then kernels/rope/reference.rope_qk_cache): q and the written k rows
+        within the dtype's tolerance, the v rows likewise, every other cache row untouched;
+        one row's position past the cache (not written). K = 1000 (padding rows, a partial
+        group), act-order, bias; the warps x split-K x staging variants."""
+        tg = kernel("w4a16.triton_gemm")
+        hq, hk, d = heads
+        n, k, s_max = (hq + 2 * hk) * d, 1000, 40
+        seed = fresh_seed()
+        what = f"seed={seed} m={m} heads={heads} group={group} {dtype} {warps}/{split}/{stage_x}"
+        qw, s, z, g = random_w4(n, k, group, False, True, seed, "cuda")
+        p = layout.prepare(qw, s, z, g, group, k)
+        gen = torch.Generator(device="cuda").manual_seed(seed)
+        x = torch.randn(m, k, generator=gen, device="cuda").to(dtype)
+        b = torch.randn(n, generator=gen, device="cuda").to(dtype)
+        pos = torch.randperm(s_max, generator=gen, device="cuda")[:m]
+        if m > 1:
+            pos[-1] = s_max + 5                              # past the cache: not written
+        freqs = rope_reference().inv_freq(d, 500000.0, None).cuda()
+        kc = torch.randn(m + 1, s_max, hk, d, generator=gen, device="cuda").to(dtype)
+        vc = torch.randn(m + 1, s_max, hk, d, generator=gen, device="cuda").to(dtype)
+        # the reference writes into caches 8 rows longer (it refuses positions past them),
+        # of which the first s_max are compared
+        spare = torch.zeros(m + 1, 8, hk, d, dtype=torch.float64, device="cuda")
+        kc_ref, vc_ref = (torch.cat([c.double(), spare], 1) for c in (kc, vc))
+        qkv = reference.w4a16_linear_f64(x, qw, s, z, g, b, group)
+        q_ref = rope_reference().rope_qk_cache(qkv, pos, freqs, hq, hk, d, kc_ref, vc_ref)
+        kc_ref, vc_ref = kc_ref[:, :s_max], vc_ref[:, :s_max]
+        q = torch.full((m, hq * d), float("nan"), dtype=dtype, device="cuda")
+        rope = mma.QkvRope(pos, freqs, q, kc, vc, hq, hk, d)
+        mma.w4a16_mma(tg.gather_columns(x, p["perm"]), p, b, None, tg._group_rows(p),
+                      mma.MmaConfig(warps, 2, split, stage_x), rope=rope)
+        assert not torch.isnan(q).any(), f"unwritten (NaN) q: {what}"
+        err = ((q.double() - q_ref).norm() / q_ref.norm()).item()
+        assert err < TOL[dtype], f"q: rel err {err:.3e}: {what}"
+        rows = torch.arange(m, device="cuda")
+        inside = pos < s_max
+        written = torch.zeros(m + 1, s_max, dtype=torch.bool, device="cuda")
+        written[rows[inside], pos[inside]] = True
+        for name, c, ref in (("k", kc, kc_ref), ("v", vc, vc_ref)):
+            got, want = c[written].double(), ref[written]
+            err = ((got - want).norm() / want.norm()).item()
+            assert err < TOL[dtype], f"{name}: rel err {err:.3e}: {what}"
+            assert torch.equal(c[~written].double(), ref[~written]), \
+                f"{name}: other cache rows changed: {what}"
+
+    @pytest.mark.parametrize("m", [1, 4, 6])
+    def test_qkv_rope_entry(self, mma, m: int, monkeypatch: pytest.MonkeyPatch) -> None:
+        """triton_gemm.w4a16_qkv_rope: the fused kernel for M <= AUTO_MAX_M, the two kernels
+        above it (M = 6) and with OPTIMIZER_FUSE_QKV_ROPE=0; q and the caches agree with
+        rope_qk_cache of w4a16_linear either way (Llama-3-8B heads, D = 128)."""
+        tg = kernel("w4a16.triton_gemm")
+        rk = kernel("rope.triton_rope")
+        hq, hk, d, k, s_max = 32, 8, 128, 4096, 64
+        n = (hq + 2 * hk) * d
+        seed = fresh_seed()
+        qw, s, z, g = random_w4(n, k, 128, False, False, seed, "cuda")
+        p = layout.prepare(qw, s, z, g, 128, k)
+        gen = torch.Generator(device="cuda").manual_seed(seed)
+        x = torch.randn(m, k, generator=gen, device="cuda").bfloat16()
+        pos = torch.randperm(s_max, generator=gen, device="cuda")[:m]
+        freqs = rope_reference().inv_freq(d, 500000.0, None).cuda()
+        caches = [torch.randn(m, s_max, hk, d, generator=gen, device="cuda").bfloat16()
+                  for _ in range(2)]
+        kc2, vc2 = (c.clone() for c in caches)
+        q2 = rk.rope_qk_cache(tg.w4a16_linear(x, p), pos, freqs, hq, hk, d, kc2, vc2)
+        for switch in ("1", "0"):
+            monkeypatch.setenv("OPTIMIZER_FUSE_QKV_ROPE", switch)
+            kc, vc = (c.clone() for c in caches)
+            q = tg.w4a16_qkv_rope(x, p, None, pos, freqs, hq, hk, d, kc, vc)
+            what = f"seed={seed} m={m} fused={switch}"
+            for name, a, b in (("q", q, q2), ("k", kc, kc2), ("v", vc, vc2)):
+                err = ((a.double() - b.double()).norm() / b.double().norm()).item()
+                assert err < TOL[torch.bfloat16], f"{name}: rel err {err:.3e}: {what}"
+
+    def test_qkv_rope_rejects(self, mma) -> None:
+        """QkvRope.check: a head_dim that is not a multiple of 32, and heads that do not
+        make the weight's rows, each one clear ValueError before any launch."""
+        qw, s, z, g = random_w4(3 * 48, 256, 128, False, False, fresh_seed(), "cuda")
+        p = layout.prepare(qw, s, z, g, 128, 256)
+        x = torch.randn(1, 256, device="cuda").bfloat16()
+        pos = torch.zeros(1, dtype=torch.int64, device="cuda")
+        for hq, hk, d in ((1, 1, 48), (2, 1, 32)):
+            c = torch.zeros(1, 8, hk, d, device="cuda").bfloat16()
+            rope = mma.QkvRope(pos, torch.ones(d // 2, device="cuda"),
+                               torch.empty(1, hq * d, device="cuda").bfloat16(), c, c.clone(),
+                               hq, hk, d)
+            with pytest.raises(ValueError, match="multiple of 32"):
+                mma.w4a16_mma(x, p, None, None, 128, rope=rope)
 
     @pytest.mark.parametrize("group", [32, 64, 128, 256, 0])
     @pytest.mark.parametrize("sym", [False, True])

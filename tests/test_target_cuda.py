@@ -184,6 +184,7 @@ def test_engine_groups_gate_up_and_silu(tiny: Path, monkeypatch: pytest.MonkeyPa
     tensors. A gate-up output that is also a graph output stays apart, and
     OPTIMIZER_FUSE_GU_SILU=0 keeps every layer apart."""
     from optimizer.runtime.cuda_ops import group_nodes
+    monkeypatch.setenv("OPTIMIZER_FUSE_QKV_ROPE", "0")       # the qkv linears stay as they are
     g = optimizer.PassManager(["dce", *CUDA_FUSION, RTN4, "cuda-layout:device=cpu"]).run(
         optimizer.import_model(tiny))
     before = _ops(g)
@@ -204,3 +205,39 @@ def test_engine_groups_gate_up_and_silu(tiny: Path, monkeypatch: pytest.MonkeyPa
     assert Counter(n.op for n in nodes)["w4a16_silu"] == layers - 1
     monkeypatch.setenv("OPTIMIZER_FUSE_GU_SILU", "0")
     assert Counter(n.op for n in group_nodes(list(g.nodes)))["w4a16_silu"] == 0
+
+
+def test_engine_groups_qkv_rope_and_attention(tiny: Path, monkeypatch: pytest.MonkeyPatch
+                                              ) -> None:
+    """In an int4 --target cuda graph the engine's schedule runs each layer's qkv
+    w4a16_linear -> rope_qk -> split -> attention as one w4a16_rope_attention node: the
+    linear's input and weights, the positions, the attention's output and attributes (with
+    the rope's theta and scaling), and the linear's output as the key of its kernel tensors.
+    A qkv output that is also a graph output leaves that layer's linear apart, and
+    OPTIMIZER_FUSE_QKV_ROPE=0 every layer's."""
+    from optimizer.runtime.cuda_ops import group_nodes
+    g = optimizer.PassManager(["dce", *CUDA_FUSION, RTN4, "cuda-layout:device=cpu"]).run(
+        optimizer.import_model(tiny))
+    before = _ops(g)
+    layers = before["attention"]
+    assert layers == 2 and before["rope_qk"] == layers
+    nodes = group_nodes(list(g.nodes), tuple(g.outputs))
+    after = Counter(n.op for n in nodes)
+    assert after["w4a16_rope_attention"] == layers
+    assert after["rope_qk_attention"] == after["rope_qk"] == after["attention"] == 0
+    assert after["w4a16_linear"] == before["w4a16_linear"] - 2 * layers   # qkv, gate-up
+    assert len(nodes) == len(g.nodes) - 4 * layers                         # 3 + silu_mul
+    rope = next(n for n in g.nodes if n.op == "rope_qk")
+    qkv = next(n for n in g.nodes if n.outputs == (rope.inputs[0],))
+    attn = next(n for n in g.nodes if n.op == "attention" and n.attr("layer") == 0)
+    assert qkv.op == "w4a16_linear"
+    fused = next(n for n in nodes if n.op == "w4a16_rope_attention" and n.outputs == attn.outputs)
+    assert fused.inputs == (qkv.inputs[0], rope.inputs[1]) and fused.weights == qkv.weights
+    assert fused.attr("prepared") == qkv.outputs[0] and fused.attr("theta") == rope.attr("theta")
+    assert all(fused.attr(k) == v for k, v in attn.attrs)
+    nodes = group_nodes(list(g.nodes), (*g.outputs, qkv.outputs[0]))
+    after = Counter(n.op for n in nodes)
+    assert after["w4a16_rope_attention"] == layers - 1 and after["rope_qk_attention"] == 1
+    monkeypatch.setenv("OPTIMIZER_FUSE_QKV_ROPE", "0")
+    after = Counter(n.op for n in group_nodes(list(g.nodes)))
+    assert after["w4a16_rope_attention"] == 0 and after["rope_qk_attention"] == layers

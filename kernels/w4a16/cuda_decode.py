@@ -47,7 +47,7 @@ SMEM_MAX = 96 * 1024          # staged x per CTA: M * (its K blocks) * 256 bytes
 
 @dataclasses.dataclass(frozen=True)
 class MmaConfig:
-    """warps: warps per CTA (4, 8 or 16), all on the same 32 columns, each taking every
+    """warps: warps per CTA (2, 4, 8 or 16), all on the same 32 columns, each taking every
     warps-th K block; inflight: K blocks each warp holds in registers ahead (2 or 4);
     split_k: CTAs along K (0: chosen by `choose_split`); stage_x: x of the CTA's K range
     copied into shared memory first (else each lane loads its operands from global memory
@@ -59,10 +59,11 @@ class MmaConfig:
     stage_x: bool = False
 
     def __post_init__(self) -> None:
-        if self.warps not in (4, 8, 16):
-            raise ValueError(f"MmaConfig.warps: expected 4, 8 or 16, got {self.warps}")
-        if self.warps == 16 and self.inflight != 2:
-            raise ValueError("MmaConfig: 16 warps per CTA only with 2 blocks in flight")
+        if self.warps not in (2, 4, 8, 16):
+            raise ValueError(f"MmaConfig.warps: expected 2, 4, 8 or 16, got {self.warps}")
+        if self.warps in (2, 16) and self.inflight != 2:
+            raise ValueError(f"MmaConfig: {self.warps} warps per CTA only with 2 blocks in "
+                             f"flight")
         if self.inflight not in (2, 4):
             raise ValueError(f"MmaConfig.inflight: expected 2 or 4, got {self.inflight}")
         if not 0 <= self.split_k <= 64:
@@ -127,6 +128,56 @@ def pick_config(m: int, n: int, kp: int, sms: int = 132) -> MmaConfig:
     return dataclasses.replace(cfg, split_k=choose_split(m, kp, cfg))
 
 
+@dataclasses.dataclass(frozen=True)
+class QkvRope:
+    """The qkv projection's RoPE and KV-cache write, done in the decode kernel's epilogue
+    (mma_decode.cu, EPI_ROPE): W's rows are n_heads q heads, n_kv_heads k heads and
+    n_kv_heads v heads of head_dim columns. Row m of the product is sequence m's new token
+    at positions[m]: its q and k heads are rotated (rotate-half, angle float(positions[m]) *
+    freqs[j], float32), q is written to q_out [M, n_heads * head_dim], k and v into k_cache /
+    v_cache [>= M, S, n_kv_heads, head_dim] at row positions[m] (not written where that is
+    >= S), as kernels/rope/reference.py ``rope_qk_cache``."""
+
+    positions: torch.Tensor     # [M] int64
+    freqs: torch.Tensor         # [head_dim / 2] float32
+    q_out: torch.Tensor         # [M, n_heads * head_dim], x's dtype, unit stride along D
+    k_cache: torch.Tensor
+    v_cache: torch.Tensor
+    n_heads: int
+    n_kv_heads: int
+    head_dim: int
+
+    def check(self, x: torch.Tensor, n: int) -> None:
+        """ValueError unless these fit x [M, K] and a weight of N = n rows."""
+        m, d, hq, hk = x.shape[0], self.head_dim, self.n_heads, self.n_kv_heads
+        if d <= 0 or d % 32 or (hq + 2 * hk) * d != n:
+            raise ValueError(f"QkvRope: head_dim {d} must be a multiple of 32 and ({hq} + 2 *"
+                             f" {hk}) * {d} the weight's {n} rows")
+        p, f = self.positions, self.freqs
+        if p.shape != (m,) or p.dtype != torch.int64 or not p.is_contiguous():
+            raise ValueError(f"QkvRope.positions: expected contiguous int64 ({m},), got "
+                             f"{p.dtype} {tuple(p.shape)}")
+        if f.shape != (d // 2,) or f.dtype != torch.float32 or not f.is_contiguous():
+            raise ValueError(f"QkvRope.freqs: expected contiguous float32 ({d // 2},), got "
+                             f"{f.dtype} {tuple(f.shape)}")
+        q = self.q_out
+        if q.shape != (m, hq * d) or q.dtype != x.dtype or q.stride(1) != 1:
+            raise ValueError(f"QkvRope.q_out: expected {x.dtype} ({m}, {hq * d}) with unit "
+                             f"last stride, got {q.dtype} {tuple(q.shape)}")
+        for name, c in (("k_cache", self.k_cache), ("v_cache", self.v_cache)):
+            if (c.dim() != 4 or c.shape[0] < m or c.shape[2:] != (hk, d) or c.stride(3) != 1
+                    or c.dtype != x.dtype):
+                raise ValueError(f"QkvRope.{name} {c.dtype} {tuple(c.shape)}: expected "
+                                 f"{x.dtype} [>= {m}, S, {hk}, {d}] with unit stride along D")
+        if self.k_cache.stride() != self.v_cache.stride() or (
+                self.k_cache.shape != self.v_cache.shape):
+            raise ValueError("QkvRope: k_cache and v_cache must have the same shape and "
+                             "strides")
+        for t in (p, f, q, self.k_cache, self.v_cache):
+            if t.device != x.device:
+                raise ValueError(f"QkvRope: every tensor must be on {x.device}")
+
+
 @functools.lru_cache(maxsize=None)
 def _library(index: int) -> ctypes.CDLL | None:
     lib = cuda_build.load_for_device(SOURCE, index, "W4A16 decode kernel",
@@ -136,7 +187,8 @@ def _library(index: int) -> ctypes.CDLL | None:
     fn = lib.w4a16_mma_launch
     fn.restype = ctypes.c_int
     fn.argtypes = ([ctypes.c_int] * 6 + [ctypes.c_void_p] * 7 + [ctypes.c_int] * 7
-                   + [ctypes.c_size_t, ctypes.c_void_p, ctypes.c_int, ctypes.c_int])
+                   + [ctypes.c_size_t, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+                   + [ctypes.c_void_p] * 5 + [ctypes.c_longlong] * 3 + [ctypes.c_int] * 5)
     lib.w4a16_mma_error_string.restype = ctypes.c_char_p
     lib.w4a16_mma_error_string.argtypes = [ctypes.c_int]
     return lib
@@ -159,12 +211,14 @@ def available(x: torch.Tensor) -> bool:
 
 
 def w4a16_mma(x: torch.Tensor, prepared: dict[str, torch.Tensor], bias: torch.Tensor | None,
-              y: torch.Tensor, gs: int, cfg: MmaConfig | None = None,
-              gate_up_silu: bool = False) -> None:
+              y: torch.Tensor | None, gs: int, cfg: MmaConfig | None = None,
+              gate_up_silu: bool = False, rope: QkvRope | None = None) -> None:
     """y [M, N] = x [M, KX] @ W^T (+ bias) by mma_decode.cu; x in layout row order (act-order
     gathered already), `available(x)` true, y contiguous of x's dtype. gate_up_silu: W is a
     fused gate-up projection [W_gate; W_up] (N = 2F) and y [M, F] = silu(gate) * up, the
-    SiLU-mul done in the kernel's epilogue (2 blocks in flight only)."""
+    SiLU-mul done in the kernel's epilogue. rope: W is a qkv projection and the epilogue
+    rotates and writes q, k and v as `QkvRope` says (y unused: None). Both with 2 blocks in
+    flight only; rope with 4-16 warps."""
     qweight, sz = prepared["qweight"], prepared["sz"]
     m, kx = x.shape
     kp, n = qweight.shape[0] * 8, qweight.shape[1]
@@ -173,6 +227,13 @@ def w4a16_mma(x: torch.Tensor, prepared: dict[str, torch.Tensor], bias: torch.Te
     if gate_up_silu and (n % 2 or cfg.inflight != 2):
         raise ValueError(f"w4a16_mma: the gate-up SiLU-mul needs an even N (got {n}) and 2 "
                          f"blocks in flight (got {cfg.inflight})")
+    if rope is not None:
+        if gate_up_silu or cfg.inflight != 2 or cfg.warps == 2:
+            raise ValueError(f"w4a16_mma: the qkv RoPE epilogue needs 2 blocks in flight and "
+                             f"4-16 warps, not the SiLU-mul too (got {cfg})")
+        rope.check(x, n)
+    elif y is None:
+        raise ValueError("w4a16_mma: y is needed (only the RoPE epilogue writes no y)")
     split = cfg.split_k or choose_split(m, kp, cfg)
     blocks = kp // 128
     split = min(split, blocks)
@@ -191,14 +252,23 @@ def w4a16_mma(x: torch.Tensor, prepared: dict[str, torch.Tensor], bias: torch.Te
     else:
         ws_ptr = locks_ptr = None
     lib = _library(_index(x.device))
+    if rope is not None:
+        kc = rope.k_cache
+        rope_args = (rope.positions.data_ptr(), rope.freqs.data_ptr(), rope.q_out.data_ptr(),
+                     kc.data_ptr(), rope.v_cache.data_ptr(), kc.stride(0), kc.stride(1),
+                     kc.stride(2), rope.q_out.stride(0), kc.shape[1], rope.n_heads,
+                     rope.n_kv_heads, rope.head_dim)
+    else:
+        rope_args = (None,) * 5 + (0,) * 8
     err = lib.w4a16_mma_launch(
         int(x.dtype == torch.bfloat16), gs, cfg.warps, cfg.inflight, int(cfg.stage_x),
-        int(gate_up_silu),
+        2 if rope is not None else int(gate_up_silu),
         x.data_ptr(), qweight.data_ptr(), sz.data_ptr(),
-        bias.data_ptr() if bias is not None else None, y.data_ptr(), ws_ptr, locks_ptr,
-        m, n, kx, kp, split, x.stride(0), y.stride(0), smem,
+        bias.data_ptr() if bias is not None else None,
+        y.data_ptr() if y is not None else None, ws_ptr, locks_ptr,
+        m, n, kx, kp, split, x.stride(0), y.stride(0) if y is not None else 0, smem,
         torch.cuda.current_stream(x.device).cuda_stream, int(pdl.enabled(x)),
-        int(x.data_ptr() % 16 == 0 and x.stride(0) % 8 == 0))
+        int(x.data_ptr() % 16 == 0 and x.stride(0) % 8 == 0), *rope_args)
     if err:
         raise RuntimeError(f"w4a16_mma: launch failed: "
                            f"{lib.w4a16_mma_error_string(err).decode()}")

@@ -67,21 +67,47 @@ __device__ __forceinline__ void mma(float (&c)[4], uint32_t a0, uint32_t a1, uin
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+// The qkv projection's epilogue (EPI_ROPE): W's rows are Hq q heads, Hk k heads, Hk v heads
+// of D columns each (N = (Hq + 2 Hk) D, D % 32 == 0). The q and k heads are rotated
+// (rotate-half RoPE: the pair (j, j + D/2), j < D/2, by the angle float(pos[m]) * freqs[j],
+// float32, full-range sincosf), q written to q [M, Hq D] (row stride sq), k and v into the
+// caches [>= M, S, Hk, D] at row pos[m] (strides scb, scs, sch; not written where pos[m] >=
+// S). Nothing else is written: no y.
+struct QkvRope {
+  const long long* pos;
+  const float* freqs;
+  uint16_t* q;
+  uint16_t* kc;
+  uint16_t* vc;
+  long long scb, scs, sch;
+  int sq, S, hq, hk, d;
+};
+
+enum { EPI_PLAIN = 0, EPI_GU = 1, EPI_ROPE = 2 };
+
 // GS: rows per group: 32, 64, 128, or 0 for another multiple of 128 (GSR rows; the scale is
-// then applied per block, the same sum). SZN: scale words per column and block. GU: W is a
-// fused gate-up projection ([W_gate; W_up], N = 2F) and y [M, F] = silu(x W_gate^T) * (x
-// W_up^T): the CTA's first 16-column MMA tile takes gate columns j0 .. j0 + 15 (j0 = 16 *
-// tile), its second the up columns F + j0 .., so each lane holds the gate and the up
-// value of the same feature and row and the epilogue writes their SiLU-mul (float32, one
-// rounding; a bias is added to both first). The loads are unchanged: 512 contiguous bytes
-// per 8 columns either way.
-template <bool BF16, int GS, int WK, int U, bool XS, bool GU>
-__global__ void __launch_bounds__(WK * 32)
-w4a16_mma_kernel(const uint16_t* __restrict__ x, const uint4* __restrict__ qw,
-                 const uint32_t* __restrict__ sz, const uint16_t* __restrict__ bias,
-                 uint16_t* __restrict__ y, float* __restrict__ ws, int* __restrict__ locks,
-                 int M, int N, int KX, int KP, int GSR, int split, int stride_xm,
-                 int stride_ym, int pdl, int vec_x) {
+// then applied per block, the same sum). SZN: scale words per column and block. EPI: what
+// the epilogue writes.
+// - EPI_PLAIN: y [M, N] (+ bias).
+// - EPI_GU: W is a fused gate-up projection ([W_gate; W_up], N = 2F) and y [M, F] =
+//   silu(x W_gate^T) * (x W_up^T): the CTA's first 16-column MMA tile takes gate columns
+//   j0 .. j0 + 15 (j0 = 16 * tile), its second the up columns F + j0 .., so each lane holds
+//   the gate and the up value of the same feature and row and the epilogue writes their
+//   SiLU-mul (float32, one rounding; a bias is added to both first).
+// - EPI_ROPE: the qkv projection with RoPE and the cache write (QkvRope): tile i covers head
+//   i / (D/32); its first MMA tile takes that head's columns j0 .. j0 + 15 (j0 = 16 * (i %
+//   (D/32))), its second the columns D/2 + j0 .., so each lane holds both values of the
+//   pairs it rotates (float32, one rounding; bias first).
+// The loads are unchanged in every mode: 512 contiguous bytes per 8 columns.
+// The kernel body is this device function; the __global__ entries below only pass their
+// arguments (EPI_ROPE's are a parameter more), so the other modes' code is as before.
+template <bool BF16, int GS, int WK, int U, bool XS, int EPI>
+__device__ __forceinline__ void
+w4a16_mma_body(const uint16_t* __restrict__ x, const uint4* __restrict__ qw,
+               const uint32_t* __restrict__ sz, const uint16_t* __restrict__ bias,
+               uint16_t* __restrict__ y, float* __restrict__ ws, int* __restrict__ locks,
+               int M, int N, int KX, int KP, int GSR, int split, int stride_xm,
+               int stride_ym, int pdl, int vec_x, const QkvRope& rope) {
   constexpr int SZN = GS == 32 ? 4 : GS == 64 ? 2 : 1;
   constexpr uint32_t OFF = BF16 ? 0x4300u : 0x6400u;
   extern __shared__ uint32_t smem[];
@@ -96,14 +122,19 @@ w4a16_mma_kernel(const uint16_t* __restrict__ x, const uint4* __restrict__ qw,
   const int nb = nblk > warp ? (nblk - warp + WK - 1) / WK : 0;   // this warp's blocks
 
   int col[4];                       // q = 2 * tile16 + h: column n0 + 16 * tile16 + g + 8h
-  bool ok[4];                       // (GU: column (tile16 ? F : 0) + 16 * tile + g + 8h)
-  const int F = N / 2;
+  bool ok[4];                       // (GU: column (tile16 ? F : 0) + 16 * tile + g + 8h;
+  const int F = N / 2;              //  ROPE: head * D + (tile16 ? D/2 : 0) + j0 + g + 8h)
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
-    if (GU) {
+    if (EPI == EPI_GU) {
       const int f = tile * 16 + g + 8 * (q & 1);
       col[q] = (q >> 1) * F + f;
       ok[q] = f < F;
+    } else if (EPI == EPI_ROPE) {
+      const int per_head = rope.d / 32;
+      const int head = tile / per_head, j0 = 16 * (tile - head * per_head);
+      col[q] = head * rope.d + (q >> 1) * (rope.d / 2) + j0 + g + 8 * (q & 1);
+      ok[q] = col[q] < N;
     } else {
       col[q] = n0 + 16 * (q >> 1) + g + 8 * (q & 1);
       ok[q] = col[q] < N;
@@ -294,7 +325,40 @@ w4a16_mma_kernel(const uint16_t* __restrict__ x, const uint4* __restrict__ qw,
       }
     if (lane == 0) locks[tile] = 0;
   }
-  if (GU) {                          // (h = 0, e) is the gate, (1, e) the up of one feature
+  if (EPI == EPI_ROPE) {             // (h = 0, e) and (1, e): columns j and D/2 + j of a head
+    const int half = rope.d / 2;
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const int m = 2 * t + (e & 1), q = e >> 1;
+      if (m < M && ok[q]) {
+        float a = tot[0][e], b = tot[1][e];
+        if (bias) {
+          a += act_to_float(bias[col[q]], BF16);
+          b += act_to_float(bias[col[q + 2]], BF16);
+        }
+        const int head = col[q] / rope.d, j = col[q] - head * rope.d;
+        const long long p = rope.pos[m];
+        if (head < rope.hq + rope.hk) {
+          float sn, cs;
+          sincosf((float)p * rope.freqs[j], &sn, &cs);
+          const float r1 = a * cs - b * sn, r2 = b * cs + a * sn;
+          a = r1;
+          b = r2;
+        }
+        uint16_t* dst;
+        if (head < rope.hq) {
+          dst = rope.q + (size_t)m * rope.sq + head * rope.d + j;
+        } else {
+          if (p < 0 || p >= rope.S) continue;
+          const bool is_k = head < rope.hq + rope.hk;
+          const int kvh = head - rope.hq - (is_k ? 0 : rope.hk);
+          dst = (is_k ? rope.kc : rope.vc) + m * rope.scb + p * rope.scs + kvh * rope.sch + j;
+        }
+        dst[0] = float_to_act(a, BF16);
+        dst[half] = float_to_act(b, BF16);
+      }
+    }
+  } else if (EPI == EPI_GU) {        // (h = 0, e) is the gate, (1, e) the up of one feature
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
       const int m = 2 * t + (e & 1), q = e >> 1;
@@ -322,13 +386,35 @@ w4a16_mma_kernel(const uint16_t* __restrict__ x, const uint4* __restrict__ qw,
   }
 }
 
-template <bool BF16, int GS, int WK, int U, bool XS, bool GU>
-cudaError_t launch(const void* x, const void* qw, const void* sz, const void* bias, void* y,
-                   void* ws, void* locks, int M, int N, int KX, int KP, int GSR, int split,
-                   int stride_xm, int stride_ym, size_t smem, cudaStream_t stream, int pdl,
-                   int vec_x) {
-  auto kern = w4a16_mma_kernel<BF16, GS, WK, U, XS, GU>;
-  static size_t smem_set = 48 * 1024;
+template <bool BF16, int GS, int WK, int U, bool XS, int EPI>
+__global__ void __launch_bounds__(WK * 32)
+w4a16_mma_kernel(const uint16_t* __restrict__ x, const uint4* __restrict__ qw,
+                 const uint32_t* __restrict__ sz, const uint16_t* __restrict__ bias,
+                 uint16_t* __restrict__ y, float* __restrict__ ws, int* __restrict__ locks,
+                 int M, int N, int KX, int KP, int GSR, int split, int stride_xm,
+                 int stride_ym, int pdl, int vec_x) {
+  w4a16_mma_body<BF16, GS, WK, U, XS, EPI>(x, qw, sz, bias, y, ws, locks, M, N, KX, KP, GSR,
+                                           split, stride_xm, stride_ym, pdl, vec_x,
+                                           QkvRope{});
+}
+
+template <bool BF16, int GS, int WK, int U, bool XS>
+__global__ void __launch_bounds__(WK * 32)
+w4a16_rope_kernel(const uint16_t* __restrict__ x, const uint4* __restrict__ qw,
+                  const uint32_t* __restrict__ sz, const uint16_t* __restrict__ bias,
+                  float* __restrict__ ws, int* __restrict__ locks, int M, int N, int KX,
+                  int KP, int GSR, int split, int stride_xm, int pdl, int vec_x,
+                  const QkvRope rope) {
+  w4a16_mma_body<BF16, GS, WK, U, XS, EPI_ROPE>(x, qw, sz, bias, nullptr, ws, locks, M, N,
+                                                KX, KP, GSR, split, stride_xm, 0, pdl, vec_x,
+                                                rope);
+}
+
+// cudaLaunchKernelEx with the PDL attribute where pdl is set, the dynamic shared memory
+// limit raised first where smem needs it (once per kernel).
+template <typename Kern, typename... Args>
+cudaError_t launch_ex(Kern kern, size_t& smem_set, int tiles, int split, int threads,
+                      size_t smem, cudaStream_t stream, int pdl, Args... args) {
   if (smem > smem_set) {
     cudaError_t e = cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                          (int)smem);
@@ -336,8 +422,8 @@ cudaError_t launch(const void* x, const void* qw, const void* sz, const void* bi
     smem_set = smem;
   }
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3((N + 31) / 32, split, 1);
-  cfg.blockDim = dim3(WK * 32, 1, 1);
+  cfg.gridDim = dim3(tiles, split, 1);
+  cfg.blockDim = dim3(threads, 1, 1);
   cfg.dynamicSmemBytes = smem;
   cfg.stream = stream;
   cudaLaunchAttribute attr[1];
@@ -345,52 +431,85 @@ cudaError_t launch(const void* x, const void* qw, const void* sz, const void* bi
   attr[0].val.programmaticStreamSerializationAllowed = pdl ? 1 : 0;
   cfg.attrs = attr;
   cfg.numAttrs = 1;
-  return cudaLaunchKernelEx(&cfg, kern, (const uint16_t*)x, (const uint4*)qw,
-                            (const uint32_t*)sz, (const uint16_t*)bias, (uint16_t*)y,
-                            (float*)ws, (int*)locks, M, N, KX, KP, GSR, split, stride_xm,
-                            stride_ym, pdl, vec_x);
+  return cudaLaunchKernelEx(&cfg, kern, args...);
+}
+
+template <bool BF16, int GS, int WK, int U, bool XS, int EPI>
+cudaError_t launch(const void* x, const void* qw, const void* sz, const void* bias, void* y,
+                   void* ws, void* locks, int M, int N, int KX, int KP, int GSR, int split,
+                   int stride_xm, int stride_ym, size_t smem, cudaStream_t stream, int pdl,
+                   int vec_x, const QkvRope* rope) {
+  if constexpr (EPI == EPI_ROPE) {
+    if (rope == nullptr) return cudaErrorInvalidValue;
+    static size_t smem_rope = 48 * 1024;
+    return launch_ex(w4a16_rope_kernel<BF16, GS, WK, U, XS>, smem_rope, (N + 31) / 32, split,
+                     WK * 32, smem, stream, pdl, (const uint16_t*)x, (const uint4*)qw,
+                     (const uint32_t*)sz, (const uint16_t*)bias, (float*)ws, (int*)locks, M,
+                     N, KX, KP, GSR, split, stride_xm, pdl, vec_x, *rope);
+  } else {
+    static size_t smem_set = 48 * 1024;
+    return launch_ex(w4a16_mma_kernel<BF16, GS, WK, U, XS, EPI>, smem_set, (N + 31) / 32,
+                     split, WK * 32, smem, stream, pdl, (const uint16_t*)x, (const uint4*)qw,
+                     (const uint32_t*)sz, (const uint16_t*)bias, (uint16_t*)y, (float*)ws,
+                     (int*)locks, M, N, KX, KP, GSR, split, stride_xm, stride_ym, pdl,
+                     vec_x);
+  }
 }
 
 template <bool BF16, int GS>
-cudaError_t by_shape(int wk, int u, int xs, int gu, const void* x, const void* qw, const void* sz,
-                     const void* bias, void* y, void* ws, void* locks, int M, int N, int KX,
-                     int KP, int GSR, int split, int sxm, int sym, size_t smem,
-                     cudaStream_t st, int pdl, int vec_x) {
-#define W4_CASE(W, UU, XS, GU)                                                               \
-  if (wk == W && u == UU && (bool)xs == XS && (bool)gu == GU)                                \
-    return launch<BF16, GS, W, UU, XS, GU>(x, qw, sz, bias, y, ws, locks, M, N, KX, KP,      \
-                                           GSR, split, sxm, sym, smem, st, pdl, vec_x);
-  W4_CASE(4, 2, true, false) W4_CASE(4, 4, true, false) W4_CASE(8, 2, true, false)
-  W4_CASE(8, 4, true, false) W4_CASE(4, 2, false, false) W4_CASE(4, 4, false, false)
-  W4_CASE(8, 2, false, false) W4_CASE(8, 4, false, false) W4_CASE(16, 2, true, false)
-  W4_CASE(16, 2, false, false)
-  // the gate-up SiLU-mul: 2 blocks in flight only (every pick has 2)
-  W4_CASE(4, 2, true, true) W4_CASE(4, 2, false, true) W4_CASE(8, 2, true, true)
-  W4_CASE(8, 2, false, true) W4_CASE(16, 2, true, true) W4_CASE(16, 2, false, true)
+cudaError_t by_shape(int wk, int u, int xs, int epi, const void* x, const void* qw,
+                     const void* sz, const void* bias, void* y, void* ws, void* locks, int M,
+                     int N, int KX, int KP, int GSR, int split, int sxm, int sym, size_t smem,
+                     cudaStream_t st, int pdl, int vec_x, const QkvRope* rope) {
+#define W4_CASE(W, UU, XS, EPI)                                                              \
+  if (wk == W && u == UU && (bool)xs == XS && epi == EPI)                                    \
+    return launch<BF16, GS, W, UU, XS, EPI>(x, qw, sz, bias, y, ws, locks, M, N, KX, KP,     \
+                                            GSR, split, sxm, sym, smem, st, pdl, vec_x, rope);
+  W4_CASE(4, 2, true, 0) W4_CASE(4, 4, true, 0) W4_CASE(8, 2, true, 0) W4_CASE(8, 4, true, 0)
+  W4_CASE(4, 2, false, 0) W4_CASE(4, 4, false, 0) W4_CASE(8, 2, false, 0)
+  W4_CASE(8, 4, false, 0) W4_CASE(16, 2, true, 0) W4_CASE(16, 2, false, 0)
+  W4_CASE(2, 2, true, 0) W4_CASE(2, 2, false, 0)
+  // the gate-up SiLU-mul and the qkv RoPE: 2 blocks in flight only (every pick has 2)
+  W4_CASE(4, 2, true, 1) W4_CASE(4, 2, false, 1) W4_CASE(8, 2, true, 1)
+  W4_CASE(8, 2, false, 1) W4_CASE(16, 2, true, 1) W4_CASE(16, 2, false, 1)
+  W4_CASE(2, 2, true, 1) W4_CASE(2, 2, false, 1)
+  W4_CASE(4, 2, true, 2) W4_CASE(4, 2, false, 2) W4_CASE(8, 2, true, 2)
+  W4_CASE(8, 2, false, 2) W4_CASE(16, 2, true, 2) W4_CASE(16, 2, false, 2)
 #undef W4_CASE
   return cudaErrorInvalidValue;
 }
 
 }  // namespace
 
-// gs: the layout's rows per group (32, 64 or a multiple of 128); wk: warps per CTA (4, 8,
-// or 16 with u = 2); u: blocks in flight per warp (2, 4); xs: x staged in shared memory
-// (else each lane loads its B operands from global memory, block by block); gu: W is a
-// fused gate-up projection (N = 2F, u = 2) and y [M, F] its SiLU-mul; vec_x: x 16-byte
-// aligned with a row stride of a multiple of 8 (16-byte loads of x). Returns a
-// cudaError_t (0: launched).
-extern "C" int w4a16_mma_launch(int bf16, int gs, int wk, int u, int xs, int gu,
+// gs: the layout's rows per group (32, 64 or a multiple of 128); wk: warps per CTA (2, 4, 8,
+// or 16; 2 and 16 with u = 2); u: blocks in flight per warp (2, 4); xs: x staged in shared
+// memory (else each lane loads its B operands from global memory, block by block); epi: 0
+// plain, 1 W is a fused gate-up projection (N = 2F, u = 2) and y [M, F] its SiLU-mul, 2 the
+// qkv projection's RoPE and cache write (u = 2, wk 4-16; y unused, the rope_* arguments as
+// QkvRope's fields, the caches' strides in elements); vec_x: x 16-byte aligned with a row
+// stride of a multiple of 8 (16-byte loads of x). Returns a cudaError_t (0: launched).
+extern "C" int w4a16_mma_launch(int bf16, int gs, int wk, int u, int xs, int epi,
                                 const void* x, const void* qw, const void* sz,
                                 const void* bias, void* y, void* ws, void* locks, int M,
                                 int N, int KX, int KP, int split, int stride_xm,
                                 int stride_ym, size_t smem, void* stream, int pdl,
-                                int vec_x) {
+                                int vec_x, const void* rope_pos, const void* rope_freqs,
+                                void* rope_q, void* rope_kc, void* rope_vc,
+                                long long rope_scb, long long rope_scs, long long rope_sch,
+                                int rope_sq, int rope_s, int rope_hq, int rope_hk,
+                                int rope_d) {
   cudaStream_t st = (cudaStream_t)stream;
+  const QkvRope rope{(const long long*)rope_pos, (const float*)rope_freqs, (uint16_t*)rope_q,
+                     (uint16_t*)rope_kc, (uint16_t*)rope_vc, rope_scb, rope_scs, rope_sch,
+                     rope_sq, rope_s, rope_hq, rope_hk, rope_d};
+  if (epi == EPI_ROPE && (rope_d <= 0 || rope_d % 32 || (rope_hq + 2 * rope_hk) * rope_d != N))
+    return (int)cudaErrorInvalidValue;
   const int kind = gs == 32 ? 32 : gs == 64 ? 64 : gs == 128 ? 128 : 0;
 #define W4_GS(B, G)                                                                         \
   if ((bool)bf16 == B && kind == G)                                                         \
-    return (int)by_shape<B, G>(wk, u, xs, gu, x, qw, sz, bias, y, ws, locks, M, N, KX, KP,  \
-                               gs, split, stride_xm, stride_ym, smem, st, pdl, vec_x);
+    return (int)by_shape<B, G>(wk, u, xs, epi, x, qw, sz, bias, y, ws, locks, M, N, KX, KP, \
+                               gs, split, stride_xm, stride_ym, smem, st, pdl, vec_x,       \
+                               epi == EPI_ROPE ? &rope : nullptr);
   W4_GS(true, 32) W4_GS(true, 64) W4_GS(true, 128) W4_GS(true, 0)
   W4_GS(false, 32) W4_GS(false, 64) W4_GS(false, 128) W4_GS(false, 0)
 #undef W4_GS

@@ -670,6 +670,31 @@ def w4a16_linear(x: torch.Tensor, prepared: dict[str, torch.Tensor],
     return y.reshape(*lead, n)
 
 
+def _epilogue_input(x: torch.Tensor, prepared: dict[str, torch.Tensor],
+                    bias: torch.Tensor | None, switch: str
+                    ) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+    """(x2, bias) for one of the CUDA decode kernel's fused epilogues where `w4a16_linear`
+    would run that kernel on x (M <= cuda_decode.AUTO_MAX_M, a 16-bit x, the kernel
+    available) and the environment switch ``switch`` is not "0": x as [M, K] in layout row
+    order (act-order gathered), the bias in x's dtype. Otherwise None: the caller runs
+    `w4a16_linear` and the separate kernel."""
+    kp = prepared["qweight"].shape[0] * 8
+    x2 = x.reshape(-1, x.shape[-1])
+    if not (0 < x2.shape[0] <= cuda_decode.AUTO_MAX_M and x2.shape[1] <= kp
+            and x.dtype in (torch.bfloat16, torch.float16)
+            and os.environ.get(switch, "1") != "0"):
+        return None
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    if not cuda_decode.available(x2):
+        return None
+    if "perm" in prepared:
+        x2 = gather_columns(x2, prepared["perm"])
+    if bias is not None and bias.dtype != x.dtype:
+        bias = bias.to(x.dtype)
+    return x2, bias
+
+
 def w4a16_gate_up_silu(x: torch.Tensor, prepared: dict[str, torch.Tensor],
                        bias: torch.Tensor | None = None) -> torch.Tensor:
     """``silu_mul(w4a16_linear(x, prepared, bias))`` for a fused gate-up projection
@@ -679,23 +704,38 @@ def w4a16_gate_up_silu(x: torch.Tensor, prepared: dict[str, torch.Tensor],
     one rounding, where the two kernels round gate and up first). Otherwise the two
     kernels. ``OPTIMIZER_FUSE_GU_SILU=0`` always takes the two."""
     from ..activation.triton_silu_mul import silu_mul
-    qweight = prepared["qweight"]
-    kp, n = qweight.shape[0] * 8, qweight.shape[1]
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1])
-    m = x2.shape[0]
-    if (0 < m <= cuda_decode.AUTO_MAX_M and n % 2 == 0 and x2.shape[1] <= kp
-            and x.dtype in (torch.bfloat16, torch.float16)
-            and os.environ.get("OPTIMIZER_FUSE_GU_SILU", "1") != "0"):
-        if x2.stride(-1) != 1:
-            x2 = x2.contiguous()
-        if cuda_decode.available(x2):
-            if "perm" in prepared:
-                x2 = gather_columns(x2, prepared["perm"])
-            if bias is not None and bias.dtype != x.dtype:
-                bias = bias.to(x.dtype)
-            y = torch.empty((m, n // 2), dtype=x.dtype, device=x.device)
-            cuda_decode.w4a16_mma(x2, prepared, bias, y, _group_rows(prepared),
-                                  gate_up_silu=True)
-            return y.reshape(*lead, n // 2)
-    return silu_mul(w4a16_linear(x, prepared, bias))
+    n = prepared["qweight"].shape[1]
+    fused = _epilogue_input(x, prepared, bias, "OPTIMIZER_FUSE_GU_SILU") if n % 2 == 0 else None
+    if fused is None:
+        return silu_mul(w4a16_linear(x, prepared, bias))
+    x2, bias = fused
+    y = torch.empty((x2.shape[0], n // 2), dtype=x.dtype, device=x.device)
+    cuda_decode.w4a16_mma(x2, prepared, bias, y, _group_rows(prepared), gate_up_silu=True)
+    return y.reshape(*x.shape[:-1], n // 2)
+
+
+def w4a16_qkv_rope(x: torch.Tensor, prepared: dict[str, torch.Tensor],
+                   bias: torch.Tensor | None, positions: torch.Tensor, freqs: torch.Tensor,
+                   n_heads: int, n_kv_heads: int, head_dim: int, k_cache: torch.Tensor,
+                   v_cache: torch.Tensor) -> torch.Tensor:
+    """The decode step's qkv projection with RoPE and the KV-cache write:
+    ``rope_qk_cache(w4a16_linear(x, prepared, bias), positions, freqs, ...)`` (x [B, K], row
+    b sequence b's new token at positions[b]) -> q [B, n_heads * head_dim], k and v written
+    into the caches [>= B, S, n_kv_heads, head_dim] at [b, positions[b]]. Where
+    `w4a16_linear` would run the CUDA decode kernel and head_dim % 32 == 0, the rotation and
+    the writes are that kernel's epilogue (`cuda_decode.QkvRope`): one launch instead of
+    two, qkv never stored (float32 inside, one rounding, where the two kernels round qkv
+    first). Otherwise the two kernels. ``OPTIMIZER_FUSE_QKV_ROPE=0`` always takes the two."""
+    from ..rope.triton_rope import rope_qk_cache
+    fused = (_epilogue_input(x, prepared, bias, "OPTIMIZER_FUSE_QKV_ROPE")
+             if head_dim % 32 == 0 and x.dim() == 2 else None)
+    if fused is None:
+        return rope_qk_cache(w4a16_linear(x, prepared, bias), positions, freqs, n_heads,
+                             n_kv_heads, head_dim, k_cache, v_cache)
+    x2, bias = fused
+    q = torch.empty((x2.shape[0], n_heads * head_dim), dtype=x.dtype, device=x.device)
+    rope = cuda_decode.QkvRope(positions.to(torch.int64).contiguous(),
+                               freqs.float().contiguous(), q, k_cache, v_cache, n_heads,
+                               n_kv_heads, head_dim)
+    cuda_decode.w4a16_mma(x2, prepared, bias, None, _group_rows(prepared), rope=rope)
+    return q

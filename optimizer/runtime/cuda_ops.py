@@ -170,6 +170,32 @@ def _rope_qk_attention(eng, node, xs, step):
                             locks=eng.cache.locks)
 
 
+def _w4a16_rope_attention(eng, node, xs, step):
+    """`group_nodes`' qkv w4a16_linear -> rope_qk -> split -> attention. Decode: the qkv
+    projection's W4A16 decode kernel rotates q and k and writes k, v into the cache in its
+    epilogue where it runs (kernels/w4a16/triton_gemm.w4a16_qkv_rope; else the projection
+    and `rope_qk_cache`), then the decode kernel attends; prefill: the projection, then
+    `_rope_qk_attention`."""
+    x, pos = xs
+    if step.prefill:
+        return _rope_qk_attention(eng, node, [_w4a16_of(eng, node, x), pos], step)
+    from optimizer.kernels.attention.triton_decode import decode_attention
+    from optimizer.kernels.w4a16.triton_gemm import w4a16_qkv_rope
+    hq, hk, d = node.attr("n_heads"), node.attr("n_kv_heads"), node.attr("head_dim")
+    kc, vc = eng.cache.layer(node.attr("layer"))
+    b = x.shape[0]
+    q = w4a16_qkv_rope(x, eng.prepared[node.attr("prepared")], _opt(eng, node, "bias"), pos,
+                       eng.freqs_of(node), hq, hk, d, kc, vc)
+    return decode_attention(q, kc[:b], vc[:b], step.lengths, hq, hk, node.attr("window"),
+                            locks=eng.cache.locks)
+
+
+def _w4a16_of(eng, node, x):
+    """A grouped node's W4A16 projection of x alone (its kernel tensors under "prepared")."""
+    from optimizer.kernels.w4a16.triton_gemm import w4a16_linear
+    return w4a16_linear(x, eng.prepared[node.attr("prepared")], _opt(eng, node, "bias"))
+
+
 def group_nodes(nodes: list[Node], outputs: tuple[str, ...] = ()) -> list[Node]:
     """The engine's own fusion of node groups its kernels run as one (not IR ops: they exist
     only in this engine's schedule, the artifact is unchanged); ``outputs``: the graph's
@@ -178,6 +204,12 @@ def group_nodes(nodes: list[Node], outputs: tuple[str, ...] = ()) -> list[Node]:
     - ``r = rope_qk(qkv, pos); q, k, v = split(r); o = attention(q, k, v, pos)``, where r and
       q/k/v have no other readers: one ``rope_qk_attention(qkv, pos) -> o`` (attributes of
       both).
+    - ``qkv = w4a16_linear(x)`` followed by such a group, where qkv has no other reader
+      and is not a graph output: one ``w4a16_rope_attention(x, pos) -> o`` (the linear's
+      weights, the group's attributes and ``prepared``: the linear's output, the key of its
+      kernel tensors), the RoPE and the cache write in the W4A16 decode kernel's epilogue
+      where that kernel runs (kernels/w4a16/triton_gemm.w4a16_qkv_rope).
+      ``OPTIMIZER_FUSE_QKV_ROPE=0`` (read when the engine is built) keeps the linear apart.
     - ``gu = w4a16_linear(x); h = silu_mul(gu)``, where gu has no other reader and is not a
       graph output: one ``w4a16_silu(x) -> h`` with the linear's weights and attributes
       (and ``prepared``: the linear's output, the key of its kernel tensors), the SiLU-mul
@@ -197,9 +229,19 @@ def group_nodes(nodes: list[Node], outputs: tuple[str, ...] = ()) -> list[Node]:
         for name in n.inputs:
             readers.setdefault(name, []).append(i)
     fuse_silu = os.environ.get("OPTIMIZER_FUSE_GU_SILU", "1") != "0"
+    fuse_rope = os.environ.get("OPTIMIZER_FUSE_QKV_ROPE", "1") != "0"
     out, skip = [], set()
     for i, n in enumerate(nodes):
         if i in skip:
+            continue
+        group = _linear_rope_attention(nodes, readers, i, set(outputs)) if fuse_rope else None
+        if group is not None:
+            rope, attn = nodes[group[1]], nodes[group[3]]
+            attrs = {**dict(attn.attrs), **{k: rope.attr(k) for k in ("theta", "scaling")},
+                     "prepared": n.outputs[0]}
+            out.append(Node.make("w4a16_rope_attention", [n.inputs[0], rope.inputs[1]],
+                                 attn.outputs, weights=dict(n.weights), attrs=attrs))
+            skip.update(group[1:])
             continue
         j = _linear_silu(nodes, readers, i, set(outputs)) if fuse_silu else None
         if j is not None:
@@ -233,6 +275,24 @@ def _linear_silu(nodes: list[Node], readers: dict[str, list[int]], i: int,
     if act.op != "silu_mul" or act.inputs != lin.outputs:
         return None
     return users[0]
+
+
+def _linear_rope_attention(nodes: list[Node], readers: dict[str, list[int]], i: int,
+                           graph_outputs: set[str]) -> tuple[int, int, int, int] | None:
+    """(i, rope, split, attention) indices when node i is a one-input w4a16_linear whose
+    output, not a graph output, is read only by the rope_qk of a rope -> split -> attention
+    group; else None."""
+    lin = nodes[i]
+    if (lin.op != "w4a16_linear" or len(lin.inputs) != 1 or len(lin.outputs) != 1
+            or lin.outputs[0] in graph_outputs):
+        return None
+    users = readers.get(lin.outputs[0], [])
+    if len(users) != 1 or nodes[users[0]].inputs[0] != lin.outputs[0]:
+        return None
+    group = _rope_split_attention(nodes, readers, users[0])
+    if group is None or nodes[group[0]].inputs.count(lin.outputs[0]) != 1:
+        return None
+    return (i, *group)
 
 
 def _rope_split_attention(nodes: list[Node], readers: dict[str, list[int]],
@@ -272,6 +332,7 @@ OPS: dict[str, OpFn] = {
     "rope_qk": _rope_qk,
     "attention": _attention,
     "rope_qk_attention": _rope_qk_attention,
+    "w4a16_rope_attention": _w4a16_rope_attention,
     "split": _split,
     "silu_mul": _silu_mul,
     "silu_mul2": lambda eng, n, xs, s: F.silu(xs[0]) * xs[1],
