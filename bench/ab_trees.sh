@@ -32,7 +32,7 @@ setsid nohup python3 bench/decode.py --build-only --layers 8 --schemes int4 --wo
   > /dev/shm/d8/build.log 2>&1 < /dev/null &
 setsid nohup python3 bench/decode.py --build-only --schemes "$(echo ${SCHEMES:-int4} | tr ' ' ,)" \
   --work /dev/shm/d32 > /dev/shm/d32/build.log 2>&1 < /dev/null &
-timeout ${TEST_TIMEOUT:-240} python3 -P -m pytest -q -m gpu -n 8 ${GPU_TESTS:-tests/} \
+PYTHONSAFEPATH=1 timeout ${TEST_TIMEOUT:-240} python3 -m pytest -q -m gpu -n 8 ${GPU_TESTS:-tests/} \
   -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -4
 [ "${SWEEP:-1}" = 1 ] && timeout 60 python3 bench/w4a16_mma_sweep.py --ms 1,4 2>&1 \
   | tee "$OUT/sweep.log" | tail -9

@@ -325,9 +325,8 @@ w4a16_mma_body(const uint16_t* __restrict__ x, const uint4* __restrict__ qw,
       }
     if (lane == 0) locks[tile] = 0;
   }
-  if (EPI == EPI_ROPE) {             // (h = 0, e) and (1, e): columns j and D/2 + j of a head
-    const int half = rope.d / 2;
-#pragma unroll
+  if (EPI != EPI_PLAIN) {   // (h = 0, e) and (1, e): gate and up of one feature (GU), or
+#pragma unroll              // columns j and D/2 + j of one head (ROPE)
     for (int e = 0; e < 4; ++e) {
       const int m = 2 * t + (e & 1), q = e >> 1;
       if (m < M && ok[q]) {
@@ -335,6 +334,10 @@ w4a16_mma_body(const uint16_t* __restrict__ x, const uint4* __restrict__ qw,
         if (bias) {
           a += act_to_float(bias[col[q]], BF16);
           b += act_to_float(bias[col[q + 2]], BF16);
+        }
+        if (EPI == EPI_GU) {
+          y[(size_t)m * stride_ym + col[q]] = float_to_act(a / (1.f + __expf(-a)) * b, BF16);
+          continue;
         }
         const int head = col[q] / rope.d, j = col[q] - head * rope.d;
         const long long p = rope.pos[m];
@@ -355,20 +358,7 @@ w4a16_mma_body(const uint16_t* __restrict__ x, const uint4* __restrict__ qw,
           dst = (is_k ? rope.kc : rope.vc) + m * rope.scb + p * rope.scs + kvh * rope.sch + j;
         }
         dst[0] = float_to_act(a, BF16);
-        dst[half] = float_to_act(b, BF16);
-      }
-    }
-  } else if (EPI == EPI_GU) {        // (h = 0, e) is the gate, (1, e) the up of one feature
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const int m = 2 * t + (e & 1), q = e >> 1;
-      if (m < M && ok[q]) {
-        float a = tot[0][e], b = tot[1][e];
-        if (bias) {
-          a += act_to_float(bias[col[q]], BF16);
-          b += act_to_float(bias[col[q + 2]], BF16);
-        }
-        y[(size_t)m * stride_ym + col[q]] = float_to_act(a / (1.f + __expf(-a)) * b, BF16);
+        dst[rope.d / 2] = float_to_act(b, BF16);
       }
     }
   } else {
