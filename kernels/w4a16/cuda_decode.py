@@ -47,11 +47,12 @@ SMEM_MAX = 96 * 1024          # staged x per CTA: M * (its K blocks) * 256 bytes
 
 @dataclasses.dataclass(frozen=True)
 class MmaConfig:
-    """warps: warps per CTA (2, 4, 8 or 16), all on the same 32 columns, each taking every
-    warps-th K block; inflight: K blocks each warp holds in registers ahead (2 or 4);
-    split_k: CTAs along K (0: chosen by `choose_split`); stage_x: x of the CTA's K range
-    copied into shared memory first (else each lane loads its operands from global memory
-    block by block)."""
+    """warps: warps per CTA (2, 4, 8 or 16; `pick_config` never picks 2, which is there to
+    be measured in the decode step: OPTIMIZER_W4A16_PICK), all on the same 32 columns, each
+    taking every warps-th K block; inflight: K blocks each warp holds in registers ahead (2
+    or 4); split_k: CTAs along K (0: chosen by `choose_split`); stage_x: x of the CTA's K
+    range copied into shared memory first (else each lane loads its operands from global
+    memory block by block)."""
 
     warps: int = 8
     inflight: int = 2

@@ -725,7 +725,9 @@ def w4a16_qkv_rope(x: torch.Tensor, prepared: dict[str, torch.Tensor],
     `w4a16_linear` would run the CUDA decode kernel and head_dim % 32 == 0, the rotation and
     the writes are that kernel's epilogue (`cuda_decode.QkvRope`): one launch instead of
     two, qkv never stored (float32 inside, one rounding, where the two kernels round qkv
-    first). Otherwise the two kernels. ``OPTIMIZER_FUSE_QKV_ROPE=0`` always takes the two."""
+    first). Otherwise the two kernels. ``OPTIMIZER_FUSE_QKV_ROPE=0`` always takes the two.
+    (The CUDA engine calls this only where it groups the nodes, with
+    ``OPTIMIZER_FUSE_QKV_ROPE=1``: runtime/cuda_ops.group_nodes.)"""
     from ..rope.triton_rope import rope_qk_cache
     fused = (_epilogue_input(x, prepared, bias, "OPTIMIZER_FUSE_QKV_ROPE")
              if head_dim % 32 == 0 and x.dim() == 2 else None)

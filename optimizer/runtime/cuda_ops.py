@@ -208,8 +208,9 @@ def group_nodes(nodes: list[Node], outputs: tuple[str, ...] = ()) -> list[Node]:
       and is not a graph output: one ``w4a16_rope_attention(x, pos) -> o`` (the linear's
       weights, the group's attributes and ``prepared``: the linear's output, the key of its
       kernel tensors), the RoPE and the cache write in the W4A16 decode kernel's epilogue
-      where that kernel runs (kernels/w4a16/triton_gemm.w4a16_qkv_rope).
-      ``OPTIMIZER_FUSE_QKV_ROPE=0`` (read when the engine is built) keeps the linear apart.
+      where that kernel runs (kernels/w4a16/triton_gemm.w4a16_qkv_rope). Only with
+      ``OPTIMIZER_FUSE_QKV_ROPE=1`` (read when the engine is built): off by default until
+      it has been measured in the decode step on a GPU (bench/RESULTS.md says when).
     - ``gu = w4a16_linear(x); h = silu_mul(gu)``, where gu has no other reader and is not a
       graph output: one ``w4a16_silu(x) -> h`` with the linear's weights and attributes
       (and ``prepared``: the linear's output, the key of its kernel tensors), the SiLU-mul
@@ -229,7 +230,7 @@ def group_nodes(nodes: list[Node], outputs: tuple[str, ...] = ()) -> list[Node]:
         for name in n.inputs:
             readers.setdefault(name, []).append(i)
     fuse_silu = os.environ.get("OPTIMIZER_FUSE_GU_SILU", "1") != "0"
-    fuse_rope = os.environ.get("OPTIMIZER_FUSE_QKV_ROPE", "1") != "0"
+    fuse_rope = os.environ.get("OPTIMIZER_FUSE_QKV_ROPE", "0") == "1"
     out, skip = [], set()
     for i, n in enumerate(nodes):
         if i in skip:
