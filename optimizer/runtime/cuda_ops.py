@@ -65,16 +65,22 @@ def _linear(eng, node, xs, step):
     return F.linear(x, w, b)
 
 
+def _w4a16_tensors(eng, node) -> dict[str, torch.Tensor]:
+    """A W4A16 node's kernel tensors: keyed by its output, or for a `group_nodes` group by
+    its linear's output (attribute "prepared")."""
+    return eng.prepared[node.attr("prepared", node.outputs[0])]
+
+
 def _w4a16(eng, node, xs, step):
     from optimizer.kernels.w4a16.triton_gemm import w4a16_linear
-    return w4a16_linear(xs[0], eng.prepared[node.outputs[0]], _opt(eng, node, "bias"))
+    return w4a16_linear(xs[0], _w4a16_tensors(eng, node), _opt(eng, node, "bias"))
 
 
 def _w4a16_silu(eng, node, xs, step):
     """`group_nodes`' gate-up w4a16_linear + silu_mul: the SiLU-mul in the W4A16 decode
     kernel's epilogue where that kernel runs, else the two kernels."""
     from optimizer.kernels.w4a16.triton_gemm import w4a16_gate_up_silu
-    return w4a16_gate_up_silu(xs[0], eng.prepared[node.attr("prepared")],
+    return w4a16_gate_up_silu(xs[0], _w4a16_tensors(eng, node),
                               _opt(eng, node, "bias"))
 
 
@@ -178,22 +184,16 @@ def _w4a16_rope_attention(eng, node, xs, step):
     `_rope_qk_attention`."""
     x, pos = xs
     if step.prefill:
-        return _rope_qk_attention(eng, node, [_w4a16_of(eng, node, x), pos], step)
+        return _rope_qk_attention(eng, node, [_w4a16(eng, node, [x], step), pos], step)
     from optimizer.kernels.attention.triton_decode import decode_attention
     from optimizer.kernels.w4a16.triton_gemm import w4a16_qkv_rope
     hq, hk, d = node.attr("n_heads"), node.attr("n_kv_heads"), node.attr("head_dim")
     kc, vc = eng.cache.layer(node.attr("layer"))
     b = x.shape[0]
-    q = w4a16_qkv_rope(x, eng.prepared[node.attr("prepared")], _opt(eng, node, "bias"), pos,
+    q = w4a16_qkv_rope(x, _w4a16_tensors(eng, node), _opt(eng, node, "bias"), pos,
                        eng.freqs_of(node), hq, hk, d, kc, vc)
     return decode_attention(q, kc[:b], vc[:b], step.lengths, hq, hk, node.attr("window"),
                             locks=eng.cache.locks)
-
-
-def _w4a16_of(eng, node, x):
-    """A grouped node's W4A16 projection of x alone (its kernel tensors under "prepared")."""
-    from optimizer.kernels.w4a16.triton_gemm import w4a16_linear
-    return w4a16_linear(x, eng.prepared[node.attr("prepared")], _opt(eng, node, "bias"))
 
 
 def group_nodes(nodes: list[Node], outputs: tuple[str, ...] = ()) -> list[Node]:
