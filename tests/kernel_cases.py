@@ -1,8 +1,8 @@
 """Helpers shared by the kernel test files (test_kernels_*.py): fresh seeds, random
 quantized weights in our storage format (kernels/qlinear/reference.py), and the kernel
-modules, imported from plain ``kernels`` where that package is importable (the GPU box runs
-the tests from the repo root, where `optimizer/__init__` may pull in importers it lacks),
-else from ``optimizer.kernels``.
+modules, imported from ``optimizer.kernels`` (the installed package), else from plain
+``kernels`` (a source tree run without `pip install -e .`). Not plain ``kernels`` first: that
+name is also a PyPI package (a dependency of transformers), which it would import.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ import os
 import torch
 
 try:
-    importlib.import_module("kernels.qlinear.reference")
-    PKG = "kernels"
-except ImportError:
+    importlib.import_module("optimizer.kernels.qlinear.reference")
     PKG = "optimizer.kernels"
+except ImportError:
+    PKG = "kernels"
 
 _pack_bits = importlib.import_module(f"{PKG}.qlinear.reference").pack_bits
 SCALES = {4: (0.02, 0.002), 8: (0.002, 0.0002)}     # bits -> scales drawn in [lo, lo + span)

@@ -30,18 +30,18 @@ import torch
 from kernel_cases import fresh_seed, kernel
 from triton_interp import INTERPRETER_MARKS
 
-try:   # plain `kernels` first: `optimizer/__init__` pulls in importers the GPU box may lack
-    from kernels.activation import reference as act_ref
-    from kernels.attention import reference as attn_ref
-    from kernels.attention.kv_cache import cache_write
-    from kernels.rms_norm import reference as norm_ref
-    from kernels.rope import reference as rope_ref
-except ImportError:
+try:   # the installed package; a bare source tree (no `pip install -e .`) has plain `kernels`
     from optimizer.kernels.activation import reference as act_ref
     from optimizer.kernels.attention import reference as attn_ref
     from optimizer.kernels.attention.kv_cache import cache_write
     from optimizer.kernels.rms_norm import reference as norm_ref
     from optimizer.kernels.rope import reference as rope_ref
+except ImportError:
+    from kernels.activation import reference as act_ref
+    from kernels.attention import reference as attn_ref
+    from kernels.attention.kv_cache import cache_write
+    from kernels.rms_norm import reference as norm_ref
+    from kernels.rope import reference as rope_ref
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3, torch.float32: 1e-5}

@@ -33,16 +33,16 @@ import torch
 from kernel_cases import fresh_seed, kernel, random_weight
 from triton_interp import INTERPRETER_MARKS
 
-try:   # plain `kernels` first: `optimizer/__init__` pulls in importers the GPU box may lack
-    from kernels.qlinear.reference import dequantize as qlinear_dequantize
-    from kernels.w8a8 import layout as w8a8_layout
-    from kernels.w8a8 import reference as w8a8_ref
-    from kernels.w8a16 import layout, reference
-except ImportError:
+try:   # the installed package; a bare source tree (no `pip install -e .`) has plain `kernels`
     from optimizer.kernels.qlinear.reference import dequantize as qlinear_dequantize
     from optimizer.kernels.w8a8 import layout as w8a8_layout
     from optimizer.kernels.w8a8 import reference as w8a8_ref
     from optimizer.kernels.w8a16 import layout, reference
+except ImportError:
+    from kernels.qlinear.reference import dequantize as qlinear_dequantize
+    from kernels.w8a8 import layout as w8a8_layout
+    from kernels.w8a8 import reference as w8a8_ref
+    from kernels.w8a16 import layout, reference
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
