@@ -122,6 +122,20 @@ class TestGPU:
         assert any(n.op == "w4a16_rope_attention" for n in rt.engine.nodes)
         _check_decode(art, "cuda", torch.bfloat16)
 
+    @pytest.mark.parametrize("kind,scheme", [("llama", "rtn4"), ("qwen2", "rtn4"),
+                                             ("mistral", "rtn4-sym-g64")])
+    def test_decode_add_norm_split(self, tmp_path_factory, monkeypatch, kind: str,
+                                   scheme: str) -> None:
+        """OPTIMIZER_FUSE_ADD_NORM=1: each residual add + RMSNorm between two W4A16
+        projections split over their decode kernels (qwen2: the qkv bias after the row
+        scale), prefill and decode against the CPU reference."""
+        monkeypatch.setenv("OPTIMIZER_FUSE_ADD_NORM", "1")
+        art = _build(tmp_path_factory.mktemp("a"), kind, scheme, "bfloat16")
+        rt = _engine(art, "cuda", torch.bfloat16)
+        assert any(n.op == "w4a16_add_norm_linear" for n in rt.engine.nodes)
+        _check_prefill(art, "cuda", torch.bfloat16)
+        _check_decode(art, "cuda", torch.bfloat16)
+
     def test_float16_engine(self, tmp_path_factory) -> None:
         art = _build(tmp_path_factory.mktemp("a"), "llama", "rtn4", "float16")
         _check_prefill(art, "cuda", torch.float16)
@@ -212,6 +226,16 @@ class TestInterpreter:
                                              ("qwen2", "w8a8")])
     def test_prefill_and_decode(self, tmp_path_factory, kind: str, scheme: str) -> None:
         art = _build(tmp_path_factory.mktemp("a"), kind, scheme, "float16")
+        _check_prefill(art, "cpu", torch.float16, tol=2 * TOL[torch.float16])
+        _check_decode(art, "cpu", torch.float16)
+
+    def test_add_norm_group(self, tmp_path_factory, monkeypatch) -> None:
+        """OPTIMIZER_FUSE_ADD_NORM=1 on the CPU: the grouped w4a16_add_norm_linear nodes run
+        their three-kernel path (no CUDA kernel here), prefill and decode as the reference."""
+        monkeypatch.setenv("OPTIMIZER_FUSE_ADD_NORM", "1")
+        art = _build(tmp_path_factory.mktemp("a"), "llama", "rtn4", "float16")
+        assert any(n.op == "w4a16_add_norm_linear"
+                   for n in _engine(art, "cpu", torch.float16).engine.nodes)
         _check_prefill(art, "cpu", torch.float16, tol=2 * TOL[torch.float16])
         _check_decode(art, "cpu", torch.float16)
 

@@ -25,12 +25,12 @@ import torch
 from kernel_cases import fresh_seed, kernel, random_weight
 from triton_interp import INTERPRETER_MARKS
 
-try:   # plain `kernels` first: `optimizer/__init__` pulls in importers the GPU box may lack
-    from kernels.qlinear.reference import dequantize as qlinear_dequantize
-    from kernels.w4a16 import layout, reference
-except ImportError:
+try:   # the installed package; a bare source tree (no `pip install -e .`) has plain `kernels`
     from optimizer.kernels.qlinear.reference import dequantize as qlinear_dequantize
     from optimizer.kernels.w4a16 import layout, reference
+except ImportError:
+    from kernels.qlinear.reference import dequantize as qlinear_dequantize
+    from kernels.w4a16 import layout, reference
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
 TOL = {torch.bfloat16: 1e-2, torch.float16: 2e-3}
@@ -93,6 +93,21 @@ def test_pick_override(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPTIMIZER_W4A16_PICK", "6144:16/4/1/0")
     with pytest.raises(ValueError, match="16 warps"):
         mma.pick_config(1, 6144, 4096)
+
+
+def test_pick_config_llama3_8b() -> None:
+    """pick_config's decode picks on 132 SMs for Llama-3-8B's projections are the configs
+    measured in the decode step (bench/RESULTS.md): gate-up at 2 warps without split-K (the
+    eleventh session's OPTIMIZER_W4A16_PICK=28672:2/2/1/0; split-K 2 there was slower), o
+    and down at 16 warps unsplit, qkv at 8; x staged at M = 1 except for gate-up."""
+    pytest.importorskip("triton")
+    mma = kernel("w4a16.cuda_decode")
+    for m in (1, 2, 4):
+        stage = m == 1
+        assert mma.pick_config(m, 28672, 4096, 132) == mma.MmaConfig(2, 2, 1, False)
+        assert mma.pick_config(m, 4096, 4096, 132) == mma.MmaConfig(16, 2, 1, stage)
+        assert mma.pick_config(m, 4096, 14336, 132) == mma.MmaConfig(16, 2, 1, stage)
+        assert mma.pick_config(m, 6144, 4096, 132) == mma.MmaConfig(8, 2, 1, stage)
 
 
 def test_layout_padding_rows_are_zero_weights() -> None:
@@ -450,6 +465,106 @@ class TestMma:
             for name, a, b in (("q", q, q2), ("k", kc, kc2), ("v", vc, vc2)):
                 err = ((a.double() - b.double()).norm() / b.double().norm()).item()
                 assert err < TOL[torch.bfloat16], f"{name}: rel err {err:.3e}: {what}"
+
+    @pytest.mark.parametrize("m", [1, 3, 4])
+    @pytest.mark.parametrize("prod,cons", [((16, True), ("plain", 16, True)),
+                                           ((16, False), ("plain", 8, False)),
+                                           ((8, True), ("plain", 8, True)),
+                                           ((8, False), ("gate_up", 2, False)),
+                                           ((16, True), ("gate_up", 4, False)),
+                                           ((16, False), ("gate_up", 8, False)),
+                                           ((8, True), ("gate_up", 16, True))])
+    def test_add_norm(self, mma, m: int, prod: tuple, cons: tuple) -> None:
+        """The residual add + RMSNorm split over two kernels (AddNormOut, NormIn) against
+        float64: y = x @ Wa^T + ba rounded to bf16, s = round(y + residual) (checked, as is
+        s * weight and the per-tile sums of s^2 beside them), then z = rms_norm(s) @ Wb^T +
+        bb (or its gate-up SiLU-mul) with the norm in float64. Act-order on the producer, a
+        partial group (K = 1000), a partial 32-column tile (N = 1000) and both biases; each
+        producer / consumer config the kernel has."""
+        tg = kernel("w4a16.triton_gemm")
+        role, warps_b, stage_b = cons
+        k_a, h, eps = 1000, 1000, 1e-5
+        n_b = 2 * 528 if role == "gate_up" else 768
+        seed = fresh_seed()
+        what = f"seed={seed} m={m} producer={prod} consumer={cons}"
+        qa, sa, za, ga = random_w4(h, k_a, 128, False, True, seed, "cuda")
+        qb, sb, zb, gb = random_w4(n_b, h, 64, False, False, seed + 1, "cuda")
+        pa, pb = layout.prepare(qa, sa, za, ga, 128, k_a), layout.prepare(qb, sb, zb, gb, 64, h)
+        gen = torch.Generator(device="cuda").manual_seed(seed)
+        x = torch.randn(m, k_a, generator=gen, device="cuda").bfloat16()
+        res = (4 * torch.randn(m, h, generator=gen, device="cuda")).bfloat16()
+        gamma = (1 + 0.5 * torch.rand(h, generator=gen, device="cuda")).bfloat16()
+        ba = torch.randn(h, generator=gen, device="cuda").bfloat16()
+        bb = torch.randn(n_b, generator=gen, device="cuda").bfloat16()
+        y64 = reference.w4a16_linear_f64(x, qa, sa, za, ga, ba, 128)
+        s_ref = (y64.bfloat16().double() + res.double()).bfloat16().double()
+        n64 = s_ref * torch.rsqrt(s_ref.pow(2).mean(-1, keepdim=True) + eps) * gamma.double()
+        z64 = reference.w4a16_linear_f64(n64, qb, sb, zb, gb, bb, 64)
+        if role == "gate_up":
+            z64 = torch.nn.functional.silu(z64[:, :n_b // 2]) * z64[:, n_b // 2:]
+        s_out, g_out = (torch.full((m, h), float("nan"), device="cuda").bfloat16()
+                        for _ in range(2))
+        tiles = -(-h // 32)
+        ss = torch.full((m, tiles), float("nan"), device="cuda")
+        mma.w4a16_mma(tg.gather_columns(x, pa["perm"]), pa, ba, None, 128,
+                      mma.MmaConfig(prod[0], 2, 1, prod[1]),
+                      add_norm=mma.AddNormOut(res, gamma, s_out, g_out, ss))
+        err = ((s_out.double() - s_ref).norm() / s_ref.norm()).item()
+        assert err < TOL[torch.bfloat16], f"s: rel err {err:.3e}: {what}"
+        sf = s_out.float()
+        assert torch.equal(g_out, (sf * gamma.float()).bfloat16()), f"g != round(s w): {what}"
+        pad = torch.nn.functional.pad(sf.pow(2), (0, tiles * 32 - h))
+        torch.testing.assert_close(ss, pad.reshape(m, tiles, 32).sum(-1), rtol=1e-5, atol=1e-3,
+                                   msg=lambda e: f"ss: {e}: {what}")
+        z = torch.full((m, n_b // 2 if role == "gate_up" else n_b), float("nan"),
+                       device="cuda").bfloat16()
+        mma.w4a16_mma(g_out, pb, bb, z, 64, mma.MmaConfig(warps_b, 2, 1, stage_b),
+                      gate_up_silu=role == "gate_up", norm_in=mma.NormIn(ss, eps))
+        assert not torch.isnan(z).any(), f"unwritten (NaN) z: {what}"
+        err = ((z.double() - z64).norm() / z64.norm()).item()
+        assert err < TOL[torch.bfloat16], f"z: rel err {err:.3e}: {what}"
+
+    @pytest.mark.parametrize("m", [1, 4, 6])
+    @pytest.mark.parametrize("gate_up", [False, True])
+    def test_add_norm_entry(self, mma, m: int, gate_up: bool,
+                            monkeypatch: pytest.MonkeyPatch) -> None:
+        """triton_gemm.w4a16_add_norm_linear on Llama-3-8B's o -> gate-up and down -> qkv
+        shapes: the two-kernel path for M <= AUTO_MAX_M, the three kernels above it (M = 6)
+        and with OPTIMIZER_FUSE_ADD_NORM=0; s and z agree with add_rms_norm between two
+        w4a16_linear calls either way."""
+        tg = kernel("w4a16.triton_gemm")
+        rn = kernel("rms_norm.triton_rms_norm")
+        h, k_a, n_b = (4096, 4096, 28672) if gate_up else (4096, 14336, 6144)
+        seed = fresh_seed()
+        qa, sa, za, ga = random_w4(h, k_a, 128, False, False, seed, "cuda")
+        qb, sb, zb, gb = random_w4(n_b, h, 128, False, False, seed + 1, "cuda")
+        pa, pb = layout.prepare(qa, sa, za, ga, 128, k_a), layout.prepare(qb, sb, zb, gb, 128, h)
+        gen = torch.Generator(device="cuda").manual_seed(seed)
+        x = torch.randn(m, k_a, generator=gen, device="cuda").bfloat16()
+        res = (4 * torch.randn(m, h, generator=gen, device="cuda")).bfloat16()
+        gamma = (1 + 0.5 * torch.rand(h, generator=gen, device="cuda")).bfloat16()
+        s2, n2 = rn.add_rms_norm(tg.w4a16_linear(x, pa), res, gamma, 1e-5)
+        z2 = tg.w4a16_gate_up_silu(n2, pb) if gate_up else tg.w4a16_linear(n2, pb)
+        for switch in ("1", "0"):
+            monkeypatch.setenv("OPTIMIZER_FUSE_ADD_NORM", switch)
+            s, z = tg.w4a16_add_norm_linear(x, pa, None, res, gamma, 1e-5, pb, None, gate_up)
+            what = f"seed={seed} m={m} gate_up={gate_up} fused={switch}"
+            for name, a, b in (("s", s, s2), ("z", z, z2)):
+                err = ((a.double() - b.double()).norm() / b.double().norm()).item()
+                assert err < TOL[torch.bfloat16], f"{name}: rel err {err:.3e}: {what}"
+
+    def test_add_norm_rejects(self, mma) -> None:
+        """A float16 x, or a config without an add-norm kernel (4 blocks in flight): one
+        clear ValueError before any launch."""
+        qw, s, z, g = random_w4(64, 256, 128, False, False, fresh_seed(), "cuda")
+        p = layout.prepare(qw, s, z, g, 128, 256)
+        ss = torch.zeros(1, 2, device="cuda")
+        for dtype, cfg in ((torch.float16, mma.MmaConfig(8, 2, 1)),
+                           (torch.bfloat16, mma.MmaConfig(8, 4, 1))):
+            x = torch.randn(1, 256, device="cuda").to(dtype)
+            y = torch.empty(1, 64, device="cuda").to(dtype)
+            with pytest.raises(ValueError, match="residual add"):
+                mma.w4a16_mma(x, p, None, y, 128, cfg, norm_in=mma.NormIn(ss, 1e-5))
 
     def test_qkv_rope_rejects(self, mma) -> None:
         """QkvRope.check: a head_dim that is not a multiple of 32, and heads that do not

@@ -240,3 +240,48 @@ def test_engine_groups_qkv_rope_and_attention(tiny: Path, monkeypatch: pytest.Mo
     nodes = group_nodes(list(g.nodes), (*g.outputs, qkv.outputs[0]))
     after = Counter(n.op for n in nodes)
     assert after["w4a16_rope_attention"] == layers - 1 and after["rope_qk_attention"] == 1
+
+
+def test_engine_groups_add_norm(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With OPTIMIZER_FUSE_ADD_NORM=1 the engine's schedule runs o -> add_rms_norm -> gate-up
+    (w4a16_silu) and down -> next layer's add_rms_norm -> qkv as w4a16_add_norm_linear
+    nodes: the first linear's input, the residual, the norm's sum and the second's output;
+    the first's weights with the norm's as "norm", the keys of both kernels' tensors. The
+    last layer's down (its norm feeds the float lm_head) and layer 0's rms_norm stay, and
+    every name a node reads is made before it. Off by default."""
+    from optimizer.runtime.cuda_ops import group_nodes
+    g = optimizer.PassManager(["dce", *CUDA_FUSION, RTN4, "cuda-layout:device=cpu"]).run(
+        optimizer.import_model(tiny))
+    assert Counter(n.op for n in group_nodes(list(g.nodes)))["w4a16_add_norm_linear"] == 0
+    monkeypatch.setenv("OPTIMIZER_FUSE_ADD_NORM", "1")
+    before = _ops(g)
+    layers = before["attention"]
+    assert layers == 2 and before["add_rms_norm"] == 2 * layers      # + the final norm - 1st
+    nodes = group_nodes(list(g.nodes), tuple(g.outputs))
+    after = Counter(n.op for n in nodes)
+    assert after["w4a16_add_norm_linear"] == 2 * layers - 1
+    assert after["add_rms_norm"] == 1 and after["rms_norm"] == before["rms_norm"]
+    made = set(g.inputs)
+    for n in nodes:
+        assert all(v in made for v in n.inputs), f"{n.op} reads before it is made"
+        made.update(n.outputs)
+    by_out = {o: n for n in g.nodes for o in n.outputs}
+    for f in (n for n in nodes if n.op == "w4a16_add_norm_linear"):
+        norm = by_out[f.outputs[0]]
+        assert norm.op == "add_rms_norm" and norm.outputs[0] == f.outputs[0]
+        lin = next(by_out[v] for v in norm.inputs if v != f.inputs[1])
+        assert lin.op == "w4a16_linear" and f.inputs[0] == lin.inputs[0]
+        assert set(norm.inputs) == {lin.outputs[0], f.inputs[1]}
+        assert f.weight("norm") == norm.weight("weight") and f.attr("eps") == norm.attr("eps")
+        assert f.attr("prepared") == lin.outputs[0] and f.weight("qweight") == lin.weight("qweight")
+        second = [n for n in g.nodes if n.inputs == (norm.outputs[1],)]
+        assert len(second) == 1 and second[0].op == "w4a16_linear"
+        assert f.attr("prepared_b") == second[0].outputs[0]
+        silu = [n for n in g.nodes if n.op == "silu_mul" and n.inputs == second[0].outputs]
+        assert f.attr("gate_up") == bool(silu)
+        assert f.outputs[1] == (silu[0].outputs[0] if silu else second[0].outputs[0])
+    # the normed value also a graph output: that group is left apart
+    norm = next(n for n in g.nodes if n.op == "add_rms_norm" and n.outputs[1] in
+                {i for m in g.nodes if m.op == "w4a16_linear" for i in m.inputs})
+    nodes = group_nodes(list(g.nodes), (*g.outputs, norm.outputs[1]))
+    assert Counter(n.op for n in nodes)["w4a16_add_norm_linear"] == 2 * layers - 2

@@ -47,8 +47,7 @@ SMEM_MAX = 96 * 1024          # staged x per CTA: M * (its K blocks) * 256 bytes
 
 @dataclasses.dataclass(frozen=True)
 class MmaConfig:
-    """warps: warps per CTA (2, 4, 8 or 16; `pick_config` never picks 2, which is there to
-    be measured in the decode step: OPTIMIZER_W4A16_PICK), all on the same 32 columns, each
+    """warps: warps per CTA (2, 4, 8 or 16), all on the same 32 columns, each
     taking every warps-th K block; inflight: K blocks each warp holds in registers ahead (2
     or 4); split_k: CTAs along K (0: chosen by `choose_split`); stage_x: x of the CTA's K
     range copied into shared memory first (else each lane loads its operands from global
@@ -107,8 +106,12 @@ def pick_override(n: int) -> MmaConfig | None:
 
 def pick_config(m: int, n: int, kp: int, sms: int = 132) -> MmaConfig:
     """The winners of bench/w4a16_mma_sweep.py on an H200 (2026-12-01, bench/RESULTS.md),
-    Llama-3-8B qkv / o / gate-up / down at M = 1 and 8: 8 warps per CTA, except 4 where the
-    32-column tiles alone make more than 2 CTAs per SM (gate-up) and 16 where they fit the
+    Llama-3-8B qkv / o / gate-up / down at M = 1 and 8: 8 warps per CTA, except 2 where the
+    32-column tiles alone make more than 2 CTAs per SM (gate-up: 896 CTAs of 64 threads fit
+    132 SMs in one wave where 4 warps took 1.70; no split-K, which `choose_split` would
+    make at 2 warps and which made gate-up 29.7 µs instead of 25.8; unsplit, in the int4
+    decode step on an H100, 464.5 against 455.5 tok/s at batch 1, +2% at 2 and 4, and
+    24.4 µs: eleventh session) and 16 where they fit the
     SMs one CTA each (o, down: twice the warps per SM, and no split-K, whose sum cost down
     ~3.5 us of its 12.9; 4.9% more int4 decode tok/s, eighth session); x staged in shared
     memory at M = 1 on the narrower shapes (5-8% faster there), loaded per block otherwise;
@@ -122,9 +125,9 @@ def pick_config(m: int, n: int, kp: int, sms: int = 132) -> MmaConfig:
     tiles = -(-n // 32)
     wide = tiles > 2 * sms
     few = tiles <= sms and os.environ.get("OPTIMIZER_W4A16_WK16", "1") != "0"
-    cfg = MmaConfig(warps=4 if wide else 16 if few else 8, inflight=2,
+    cfg = MmaConfig(warps=2 if wide else 16 if few else 8, inflight=2,
                     stage_x=m == 1 and not wide)
-    if few:
+    if few or wide:
         return dataclasses.replace(cfg, split_k=_min_split(m, kp, cfg))
     return dataclasses.replace(cfg, split_k=choose_split(m, kp, cfg))
 
@@ -179,6 +182,72 @@ class QkvRope:
                 raise ValueError(f"QkvRope: every tensor must be on {x.device}")
 
 
+@dataclasses.dataclass(frozen=True)
+class AddNormOut:
+    """The producer half of a residual add + RMSNorm split over two decode kernels
+    (mma_decode.cu, EPI_RES): with y = round(x @ W^T (+ bias)) [M, N], the epilogue writes
+    s = round(y + residual) to s_out, g = round(s * weight) to g_out (the consumer's x) and
+    to ss_out [M, ceil(N / 32)] the float32 sums of s^2 over each 32-column tile. No y.
+    bf16 only."""
+
+    residual: torch.Tensor      # [M, N], unit stride along N
+    weight: torch.Tensor        # the norm's weight [N], contiguous
+    s_out: torch.Tensor         # [M, N], unit stride along N
+    g_out: torch.Tensor         # [M, N], unit stride along N
+    ss_out: torch.Tensor        # [M, ceil(N / 32)] float32, contiguous
+
+    def check(self, x: torch.Tensor, n: int) -> None:
+        m, tiles = x.shape[0], -(-n // 32)
+        for name in ("residual", "s_out", "g_out"):
+            t = getattr(self, name)
+            if t.shape != (m, n) or t.dtype != x.dtype or t.stride(1) != 1:
+                raise ValueError(f"AddNormOut.{name}: expected {x.dtype} ({m}, {n}) with unit "
+                                 f"last stride, got {t.dtype} {tuple(t.shape)}")
+        w = self.weight
+        if w.shape != (n,) or w.dtype != x.dtype or not w.is_contiguous():
+            raise ValueError(f"AddNormOut.weight: expected contiguous {x.dtype} ({n},), got "
+                             f"{w.dtype} {tuple(w.shape)}")
+        _check_ss(self.ss_out, m, tiles, "AddNormOut.ss_out")
+        for t in (self.residual, w, self.s_out, self.g_out, self.ss_out):
+            if t.device != x.device:
+                raise ValueError(f"AddNormOut: every tensor must be on {x.device}")
+
+
+@dataclasses.dataclass(frozen=True)
+class NormIn:
+    """The consumer half (mma_decode.cu, NORM): x is an `AddNormOut`'s g_out and ss its
+    ss_out; every row m of the product is scaled by rsqrt(sum(ss[m]) / K + eps) before the
+    bias, which makes it the product of rms_norm(s) (K: x's width). bf16 only."""
+
+    ss: torch.Tensor            # [M, tiles] float32, contiguous
+    eps: float
+
+    def check(self, x: torch.Tensor) -> None:
+        _check_ss(self.ss, x.shape[0], -(-x.shape[1] // 32), "NormIn.ss")
+        if self.ss.device != x.device:
+            raise ValueError(f"NormIn.ss: must be on {x.device}")
+
+
+def _check_ss(ss: torch.Tensor, m: int, tiles: int, what: str) -> None:
+    if ss.shape != (m, tiles) or ss.dtype != torch.float32 or not ss.is_contiguous():
+        raise ValueError(f"{what}: expected contiguous float32 ({m}, {tiles}), got "
+                         f"{ss.dtype} {tuple(ss.shape)}")
+
+
+def norm_supported(cfg: MmaConfig, role: str) -> bool:
+    """Whether mma_decode.cu has the residual add + RMSNorm kernel that role ("producer",
+    "plain" consumer or "gate_up" consumer, the SiLU-mul epilogue) needs at this config:
+    2 blocks in flight; producer and plain consumer at 8 or 16 warps; gate-up at 16, or at
+    2, 4 and 8 warps with x not staged (the configs `pick_config` makes)."""
+    if cfg.inflight != 2:
+        return False
+    if role in ("producer", "plain"):
+        return cfg.warps in (8, 16)
+    if role == "gate_up":
+        return cfg.warps == 16 or (cfg.warps in (2, 4, 8) and not cfg.stage_x)
+    raise ValueError(f"norm_supported: role {role!r}")
+
+
 @functools.lru_cache(maxsize=None)
 def _library(index: int) -> ctypes.CDLL | None:
     lib = cuda_build.load_for_device(SOURCE, index, "W4A16 decode kernel",
@@ -187,9 +256,10 @@ def _library(index: int) -> ctypes.CDLL | None:
         return None
     fn = lib.w4a16_mma_launch
     fn.restype = ctypes.c_int
-    fn.argtypes = ([ctypes.c_int] * 6 + [ctypes.c_void_p] * 7 + [ctypes.c_int] * 7
+    fn.argtypes = ([ctypes.c_int] * 7 + [ctypes.c_void_p] * 7 + [ctypes.c_int] * 7
                    + [ctypes.c_size_t, ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
-                   + [ctypes.c_void_p] * 5 + [ctypes.c_longlong] * 3 + [ctypes.c_int] * 5)
+                   + [ctypes.c_void_p] * 5 + [ctypes.c_longlong] * 3 + [ctypes.c_int] * 5
+                   + [ctypes.c_void_p] * 5 + [ctypes.c_int] * 4 + [ctypes.c_float])
     lib.w4a16_mma_error_string.restype = ctypes.c_char_p
     lib.w4a16_mma_error_string.argtypes = [ctypes.c_int]
     return lib
@@ -213,18 +283,23 @@ def available(x: torch.Tensor) -> bool:
 
 def w4a16_mma(x: torch.Tensor, prepared: dict[str, torch.Tensor], bias: torch.Tensor | None,
               y: torch.Tensor | None, gs: int, cfg: MmaConfig | None = None,
-              gate_up_silu: bool = False, rope: QkvRope | None = None) -> None:
+              gate_up_silu: bool = False, rope: QkvRope | None = None,
+              add_norm: AddNormOut | None = None, norm_in: NormIn | None = None) -> None:
     """y [M, N] = x [M, KX] @ W^T (+ bias) by mma_decode.cu; x in layout row order (act-order
     gathered already), `available(x)` true, y contiguous of x's dtype. gate_up_silu: W is a
     fused gate-up projection [W_gate; W_up] (N = 2F) and y [M, F] = silu(gate) * up, the
     SiLU-mul done in the kernel's epilogue. rope: W is a qkv projection and the epilogue
     rotates and writes q, k and v as `QkvRope` says (y unused: None). Both with 2 blocks in
-    flight only; rope with 4-16 warps."""
+    flight only; rope with 4-16 warps. add_norm (y unused: None) / norm_in: the two halves
+    of a residual add + RMSNorm between two projections (`AddNormOut`, `NormIn`; bf16, the
+    configs `norm_supported` accepts)."""
     qweight, sz = prepared["qweight"], prepared["sz"]
     m, kx = x.shape
     kp, n = qweight.shape[0] * 8, qweight.shape[1]
     if cfg is None:
         cfg = pick_config(m, n, kp, sm_count(x.device))
+        if rope is not None and cfg.warps == 2:        # no 2-warp RoPE kernel
+            cfg = dataclasses.replace(cfg, warps=4)
     if gate_up_silu and (n % 2 or cfg.inflight != 2):
         raise ValueError(f"w4a16_mma: the gate-up SiLU-mul needs an even N (got {n}) and 2 "
                          f"blocks in flight (got {cfg.inflight})")
@@ -233,8 +308,22 @@ def w4a16_mma(x: torch.Tensor, prepared: dict[str, torch.Tensor], bias: torch.Te
             raise ValueError(f"w4a16_mma: the qkv RoPE epilogue needs 2 blocks in flight and "
                              f"4-16 warps, not the SiLU-mul too (got {cfg})")
         rope.check(x, n)
-    elif y is None:
-        raise ValueError("w4a16_mma: y is needed (only the RoPE epilogue writes no y)")
+    if add_norm is not None or norm_in is not None:
+        role = ("producer" if add_norm is not None else
+                "gate_up" if gate_up_silu else "plain")
+        if (x.dtype != torch.bfloat16 or rope is not None
+                or (add_norm is not None and (norm_in is not None or gate_up_silu))
+                or not norm_supported(cfg, role)):
+            raise ValueError(f"w4a16_mma: the residual add + RMSNorm kernels take bf16, one "
+                             f"half, no RoPE, and the configs norm_supported accepts (got "
+                             f"{x.dtype}, {role}, {cfg})")
+        if add_norm is not None:
+            add_norm.check(x, n)
+        else:
+            norm_in.check(x)
+    if y is None and rope is None and add_norm is None:
+        raise ValueError("w4a16_mma: y is needed (only the RoPE and add-norm epilogues write "
+                         "no y)")
     split = cfg.split_k or choose_split(m, kp, cfg)
     blocks = kp // 128
     split = min(split, blocks)
@@ -261,15 +350,26 @@ def w4a16_mma(x: torch.Tensor, prepared: dict[str, torch.Tensor], bias: torch.Te
                      rope.n_kv_heads, rope.head_dim)
     else:
         rope_args = (None,) * 5 + (0,) * 8
+    if add_norm is not None:
+        a = add_norm
+        norm_args = (a.residual.data_ptr(), a.weight.data_ptr(), a.s_out.data_ptr(),
+                     a.g_out.data_ptr(), a.ss_out.data_ptr(), a.residual.stride(0),
+                     a.s_out.stride(0), a.g_out.stride(0), tiles, 0.0)
+    elif norm_in is not None:
+        norm_args = (None,) * 4 + (norm_in.ss.data_ptr(), 0, 0, 0, norm_in.ss.shape[1],
+                                   float(norm_in.eps))
+    else:
+        norm_args = (None,) * 5 + (0,) * 4 + (0.0,)
+    epi = 2 if rope is not None else 3 if add_norm is not None else int(gate_up_silu)
     err = lib.w4a16_mma_launch(
         int(x.dtype == torch.bfloat16), gs, cfg.warps, cfg.inflight, int(cfg.stage_x),
-        2 if rope is not None else int(gate_up_silu),
+        epi, int(norm_in is not None),
         x.data_ptr(), qweight.data_ptr(), sz.data_ptr(),
         bias.data_ptr() if bias is not None else None,
         y.data_ptr() if y is not None else None, ws_ptr, locks_ptr,
         m, n, kx, kp, split, x.stride(0), y.stride(0) if y is not None else 0, smem,
         torch.cuda.current_stream(x.device).cuda_stream, int(pdl.enabled(x)),
-        int(x.data_ptr() % 16 == 0 and x.stride(0) % 8 == 0), *rope_args)
+        int(x.data_ptr() % 16 == 0 and x.stride(0) % 8 == 0), *rope_args, *norm_args)
     if err:
         raise RuntimeError(f"w4a16_mma: launch failed: "
                            f"{lib.w4a16_mma_error_string(err).decode()}")

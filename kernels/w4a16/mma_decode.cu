@@ -83,7 +83,27 @@ struct QkvRope {
   int sq, S, hq, hk, d;
 };
 
-enum { EPI_PLAIN = 0, EPI_GU = 1, EPI_ROPE = 2 };
+// The residual add + RMSNorm between two projections, split over their two kernels
+// (mma_decode's NormIO; the consumer's rows scaled by their RMS after the product, which is
+// linear in x):
+// - producer (EPI_RES): y = round(acc (+ bias)), s = round(y + res) [M, N], written to hs;
+//   g = round(s * gamma) [M, N], the consumer's x; ss [M, tiles]: per row and 32-column
+//   tile, the float32 sum of s^2 over the tile's columns (reduced in lane order).
+// - consumer (NORM, EPI_PLAIN or EPI_GU on x = g): rstd[m] = rsqrt(sum(ss[m, :ss_n]) / KX +
+//   eps) (float32; lane-strided partial sums, then a butterfly: deterministic) and every
+//   product row m scaled by rstd[m] before the bias, i.e. y = (g @ W^T) rstd + bias, which
+//   is rms_norm(s) @ W^T + bias up to where the roundings fall.
+struct NormIO {
+  const uint16_t* res;
+  const uint16_t* gamma;
+  uint16_t* hs;
+  uint16_t* g;
+  float* ss;
+  int sr, shs, sg, ss_n;
+  float eps;
+};
+
+enum { EPI_PLAIN = 0, EPI_GU = 1, EPI_ROPE = 2, EPI_RES = 3 };
 
 // GS: rows per group: 32, 64, 128, or 0 for another multiple of 128 (GSR rows; the scale is
 // then applied per block, the same sum). SZN: scale words per column and block. EPI: what
@@ -101,13 +121,16 @@ enum { EPI_PLAIN = 0, EPI_GU = 1, EPI_ROPE = 2 };
 // The loads are unchanged in every mode: 512 contiguous bytes per 8 columns.
 // The kernel body is this device function; the __global__ entries below only pass their
 // arguments (EPI_ROPE's are a parameter more), so the other modes' code is as before.
-template <bool BF16, int GS, int WK, int U, bool XS, int EPI>
+// - EPI_RES: the producer of NormIO (y not written).
+// NORM: the consumer of NormIO (with EPI_PLAIN or EPI_GU).
+template <bool BF16, int GS, int WK, int U, bool XS, int EPI, bool NORM = false>
 __device__ __forceinline__ void
 w4a16_mma_body(const uint16_t* __restrict__ x, const uint4* __restrict__ qw,
                const uint32_t* __restrict__ sz, const uint16_t* __restrict__ bias,
                uint16_t* __restrict__ y, float* __restrict__ ws, int* __restrict__ locks,
                int M, int N, int KX, int KP, int GSR, int split, int stride_xm,
-               int stride_ym, int pdl, int vec_x, const QkvRope& rope) {
+               int stride_ym, int pdl, int vec_x, const QkvRope& rope,
+               const NormIO& nrm = NormIO{}) {
   constexpr int SZN = GS == 32 ? 4 : GS == 64 ? 2 : 1;
   constexpr uint32_t OFF = BF16 ? 0x4300u : 0x6400u;
   extern __shared__ uint32_t smem[];
@@ -279,6 +302,37 @@ w4a16_mma_body(const uint16_t* __restrict__ x, const uint4* __restrict__ qw,
     }
   }
 
+  // NORM: rstd of rows 2t and 2t + 1 (warp 0, which writes the result; its L2 reads of ss
+  // overlap the other warps' last blocks)
+  float rs[2] = {1.f, 1.f};
+  if (NORM && warp == 0) {
+    for (int m = 0; m < M; ++m) {
+      float v = 0.f;
+#pragma unroll 4
+      for (int i = lane; i < nrm.ss_n; i += 32) v += __ldg(nrm.ss + (size_t)m * nrm.ss_n + i);
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+      const float r = rsqrtf(v / (float)KX + nrm.eps);
+      if (m == 2 * t) rs[0] = r;
+      if (m == 2 * t + 1) rs[1] = r;
+    }
+  }
+
+  // EPI_RES: warp 0 asks for its residual and weight values now, all before any store (the
+  // epilogue's stores could alias them), so their L2 latency overlaps the reduction below
+  float rv[2][4], gv[2][4];
+  if (EPI == EPI_RES && warp == 0) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int m = 2 * t + (e & 1), q = 2 * h + (e >> 1);
+        const bool in = m < M && ok[q];
+        rv[h][e] = in ? act_to_float(nrm.res[(size_t)m * nrm.sr + col[q]], BF16) : 0.f;
+        gv[h][e] = in ? act_to_float(nrm.gamma[col[q]], BF16) : 0.f;
+      }
+  }
+
   // sum the WK warps' tiles in warp order
   float* red = reinterpret_cast<float*>(smem + (XS ? M * nblk * 64 : 0));
 #pragma unroll
@@ -325,12 +379,12 @@ w4a16_mma_body(const uint16_t* __restrict__ x, const uint4* __restrict__ qw,
       }
     if (lane == 0) locks[tile] = 0;
   }
-  if (EPI != EPI_PLAIN) {   // (h = 0, e) and (1, e): gate and up of one feature (GU), or
-#pragma unroll              // columns j and D/2 + j of one head (ROPE)
+  if (EPI == EPI_GU || EPI == EPI_ROPE) {  // (h = 0, e) and (1, e): gate and up of one
+#pragma unroll                           // feature (GU), or columns j, D/2 + j of one head
     for (int e = 0; e < 4; ++e) {
       const int m = 2 * t + (e & 1), q = e >> 1;
       if (m < M && ok[q]) {
-        float a = tot[0][e], b = tot[1][e];
+        float a = tot[0][e] * rs[e & 1], b = tot[1][e] * rs[e & 1];
         if (bias) {
           a += act_to_float(bias[col[q]], BF16);
           b += act_to_float(bias[col[q + 2]], BF16);
@@ -362,17 +416,36 @@ w4a16_mma_body(const uint16_t* __restrict__ x, const uint4* __restrict__ qw,
       }
     }
   } else {
+    float sq[2] = {0.f, 0.f};       // EPI_RES: this lane's s^2 of rows 2t, 2t + 1
 #pragma unroll
     for (int h = 0; h < 2; ++h)
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         const int m = 2 * t + (e & 1), q = 2 * h + (e >> 1);
         if (m < M && ok[q]) {
-          float v = tot[h][e];
+          float v = tot[h][e] * rs[e & 1];
           if (bias) v += act_to_float(bias[col[q]], BF16);
-          y[(size_t)m * stride_ym + col[q]] = float_to_act(v, BF16);
+          if (EPI == EPI_RES) {
+            const float yv = act_to_float(float_to_act(v, BF16), BF16);
+            const uint16_t sb = float_to_act(yv + rv[h][e], BF16);
+            const float sv = act_to_float(sb, BF16);
+            nrm.hs[(size_t)m * nrm.shs + col[q]] = sb;
+            nrm.g[(size_t)m * nrm.sg + col[q]] = float_to_act(sv * gv[h][e], BF16);
+            sq[e & 1] += sv * sv;
+          } else {
+            y[(size_t)m * stride_ym + col[q]] = float_to_act(v, BF16);
+          }
         }
       }
+    if (EPI == EPI_RES) {           // the tile's sums over its 32 columns: lanes g = 0..7
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+#pragma unroll
+        for (int o = 4; o < 32; o <<= 1) sq[r] += __shfl_xor_sync(0xffffffffu, sq[r], o);
+        const int m = 2 * t + r;
+        if (g == 0 && m < M) nrm.ss[(size_t)m * nrm.ss_n + tile] = sq[r];
+      }
+    }
   }
 }
 
@@ -398,6 +471,18 @@ w4a16_rope_kernel(const uint16_t* __restrict__ x, const uint4* __restrict__ qw,
   w4a16_mma_body<BF16, GS, WK, U, XS, EPI_ROPE>(x, qw, sz, bias, nullptr, ws, locks, M, N,
                                                 KX, KP, GSR, split, stride_xm, 0, pdl, vec_x,
                                                 rope);
+}
+
+template <bool BF16, int GS, int WK, int U, bool XS, int EPI, bool NORM>
+__global__ void __launch_bounds__(WK * 32)
+w4a16_norm_kernel(const uint16_t* __restrict__ x, const uint4* __restrict__ qw,
+                  const uint32_t* __restrict__ sz, const uint16_t* __restrict__ bias,
+                  uint16_t* __restrict__ y, float* __restrict__ ws, int* __restrict__ locks,
+                  int M, int N, int KX, int KP, int GSR, int split, int stride_xm,
+                  int stride_ym, int pdl, int vec_x, const NormIO nrm) {
+  w4a16_mma_body<BF16, GS, WK, U, XS, EPI, NORM>(x, qw, sz, bias, y, ws, locks, M, N, KX, KP,
+                                                 GSR, split, stride_xm, stride_ym, pdl, vec_x,
+                                                 QkvRope{}, nrm);
 }
 
 // cudaLaunchKernelEx with the PDL attribute where pdl is set, the dynamic shared memory
@@ -446,11 +531,46 @@ cudaError_t launch(const void* x, const void* qw, const void* sz, const void* bi
   }
 }
 
+template <bool BF16, int GS, int WK, int U, bool XS, int EPI, bool NORM>
+cudaError_t launch_norm(const void* x, const void* qw, const void* sz, const void* bias,
+                        void* y, void* ws, void* locks, int M, int N, int KX, int KP, int GSR,
+                        int split, int stride_xm, int stride_ym, size_t smem,
+                        cudaStream_t stream, int pdl, int vec_x, const NormIO& nrm) {
+  static size_t smem_set = 48 * 1024;
+  return launch_ex(w4a16_norm_kernel<BF16, GS, WK, U, XS, EPI, NORM>, smem_set, (N + 31) / 32,
+                   split, WK * 32, smem, stream, pdl, (const uint16_t*)x, (const uint4*)qw,
+                   (const uint32_t*)sz, (const uint16_t*)bias, (uint16_t*)y, (float*)ws,
+                   (int*)locks, M, N, KX, KP, GSR, split, stride_xm, stride_ym, pdl, vec_x,
+                   nrm);
+}
+
 template <bool BF16, int GS>
-cudaError_t by_shape(int wk, int u, int xs, int epi, const void* x, const void* qw,
+cudaError_t by_shape(int wk, int u, int xs, int epi, int norm, const void* x, const void* qw,
                      const void* sz, const void* bias, void* y, void* ws, void* locks, int M,
                      int N, int KX, int KP, int GSR, int split, int sxm, int sym, size_t smem,
-                     cudaStream_t st, int pdl, int vec_x, const QkvRope* rope) {
+                     cudaStream_t st, int pdl, int vec_x, const QkvRope* rope,
+                     const NormIO* nrm) {
+  // the residual-add + RMSNorm pair (NormIO): bf16 only, 2 blocks in flight, the configs
+  // pick_config makes (producers o/down: 8 or 16 warps; consumers qkv: 8 or 16, gate-up:
+  // 2, 4, 8 or 16 warps; x staged or not)
+  if (epi == EPI_RES || norm) {
+    if constexpr (BF16) {
+      if (nrm == nullptr || u != 2) return cudaErrorInvalidValue;
+#define W4_NORM(W, XS, EPI, NORM)                                                            \
+  if (wk == W && (bool)xs == XS && epi == EPI && (bool)norm == NORM)                         \
+    return launch_norm<BF16, GS, W, 2, XS, EPI, NORM>(x, qw, sz, bias, y, ws, locks, M, N,   \
+                                                      KX, KP, GSR, split, sxm, sym, smem,    \
+                                                      st, pdl, vec_x, *nrm);
+      W4_NORM(16, true, 3, false) W4_NORM(16, false, 3, false)
+      W4_NORM(8, true, 3, false) W4_NORM(8, false, 3, false)
+      W4_NORM(16, true, 0, true) W4_NORM(16, false, 0, true)
+      W4_NORM(8, true, 0, true) W4_NORM(8, false, 0, true)
+      W4_NORM(2, false, 1, true) W4_NORM(4, false, 1, true)
+      W4_NORM(8, false, 1, true) W4_NORM(16, true, 1, true) W4_NORM(16, false, 1, true)
+#undef W4_NORM
+    }
+    return cudaErrorInvalidValue;
+  }
 #define W4_CASE(W, UU, XS, EPI)                                                              \
   if (wk == W && u == UU && (bool)xs == XS && epi == EPI)                                    \
     return launch<BF16, GS, W, UU, XS, EPI>(x, qw, sz, bias, y, ws, locks, M, N, KX, KP,     \
@@ -476,9 +596,12 @@ cudaError_t by_shape(int wk, int u, int xs, int epi, const void* x, const void* 
 // memory (else each lane loads its B operands from global memory, block by block); epi: 0
 // plain, 1 W is a fused gate-up projection (N = 2F, u = 2) and y [M, F] its SiLU-mul, 2 the
 // qkv projection's RoPE and cache write (u = 2, wk 4-16; y unused, the rope_* arguments as
-// QkvRope's fields, the caches' strides in elements); vec_x: x 16-byte aligned with a row
-// stride of a multiple of 8 (16-byte loads of x). Returns a cudaError_t (0: launched).
-extern "C" int w4a16_mma_launch(int bf16, int gs, int wk, int u, int xs, int epi,
+// QkvRope's fields, the caches' strides in elements), 3 the producer of a residual add +
+// RMSNorm (y unused; bf16); norm: the consumer of one (epi 0 or 1; bf16); the n_* arguments:
+// NormIO's fields (strides in elements; ss_n: the producer's 32-column tiles); vec_x: x
+// 16-byte aligned with a row stride of a multiple of 8 (16-byte loads of x). Returns a
+// cudaError_t (0: launched).
+extern "C" int w4a16_mma_launch(int bf16, int gs, int wk, int u, int xs, int epi, int norm,
                                 const void* x, const void* qw, const void* sz,
                                 const void* bias, void* y, void* ws, void* locks, int M,
                                 int N, int KX, int KP, int split, int stride_xm,
@@ -487,19 +610,28 @@ extern "C" int w4a16_mma_launch(int bf16, int gs, int wk, int u, int xs, int epi
                                 void* rope_q, void* rope_kc, void* rope_vc,
                                 long long rope_scb, long long rope_scs, long long rope_sch,
                                 int rope_sq, int rope_s, int rope_hq, int rope_hk,
-                                int rope_d) {
+                                int rope_d, const void* n_res, const void* n_gamma,
+                                void* n_hs, void* n_g, void* n_ss, int n_sr, int n_shs,
+                                int n_sg, int n_ss_n, float n_eps) {
   cudaStream_t st = (cudaStream_t)stream;
   const QkvRope rope{(const long long*)rope_pos, (const float*)rope_freqs, (uint16_t*)rope_q,
                      (uint16_t*)rope_kc, (uint16_t*)rope_vc, rope_scb, rope_scs, rope_sch,
                      rope_sq, rope_s, rope_hq, rope_hk, rope_d};
   if (epi == EPI_ROPE && (rope_d <= 0 || rope_d % 32 || (rope_hq + 2 * rope_hk) * rope_d != N))
     return (int)cudaErrorInvalidValue;
+  const NormIO nrm{(const uint16_t*)n_res, (const uint16_t*)n_gamma, (uint16_t*)n_hs,
+                   (uint16_t*)n_g, (float*)n_ss, n_sr, n_shs, n_sg, n_ss_n, n_eps};
+  if ((epi == EPI_RES || norm) && (n_ss == nullptr || n_ss_n <= 0 ||
+                                   (epi == EPI_RES && (n_res == nullptr || n_gamma == nullptr ||
+                                                       n_hs == nullptr || n_g == nullptr ||
+                                                       n_ss_n != (N + 31) / 32))))
+    return (int)cudaErrorInvalidValue;
   const int kind = gs == 32 ? 32 : gs == 64 ? 64 : gs == 128 ? 128 : 0;
 #define W4_GS(B, G)                                                                         \
   if ((bool)bf16 == B && kind == G)                                                         \
-    return (int)by_shape<B, G>(wk, u, xs, epi, x, qw, sz, bias, y, ws, locks, M, N, KX, KP, \
-                               gs, split, stride_xm, stride_ym, smem, st, pdl, vec_x,       \
-                               epi == EPI_ROPE ? &rope : nullptr);
+    return (int)by_shape<B, G>(wk, u, xs, epi, norm, x, qw, sz, bias, y, ws, locks, M, N,  \
+                               KX, KP, gs, split, stride_xm, stride_ym, smem, st, pdl,      \
+                               vec_x, epi == EPI_ROPE ? &rope : nullptr, &nrm);
   W4_GS(true, 32) W4_GS(true, 64) W4_GS(true, 128) W4_GS(true, 0)
   W4_GS(false, 32) W4_GS(false, 64) W4_GS(false, 128) W4_GS(false, 0)
 #undef W4_GS

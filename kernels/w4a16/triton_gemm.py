@@ -741,3 +741,73 @@ def w4a16_qkv_rope(x: torch.Tensor, prepared: dict[str, torch.Tensor],
                                n_kv_heads, head_dim)
     cuda_decode.w4a16_mma(x2, prepared, bias, None, _group_rows(prepared), rope=rope)
     return q
+
+
+def w4a16_add_norm_linear(x: torch.Tensor, prepared: dict[str, torch.Tensor],
+                          bias: torch.Tensor | None, residual: torch.Tensor,
+                          weight: torch.Tensor, eps: float,
+                          prepared_b: dict[str, torch.Tensor], bias_b: torch.Tensor | None,
+                          gate_up: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two projections with a residual add + RMSNorm between them, as the decode step has
+    them (o -> post-attention norm -> gate-up, down -> next layer's input norm -> qkv):
+
+        s, n = add_rms_norm(w4a16_linear(x, prepared, bias), residual, weight, eps)
+        z = w4a16_linear(n, prepared_b, bias_b)         (gate_up: w4a16_gate_up_silu)
+
+    -> (s, z). Where both would run on the CUDA decode kernel (M <= AUTO_MAX_M, bf16, the
+    second without act-order, the norm's weight bf16, `cuda_decode.norm_supported` configs)
+    the norm kernel goes: the first kernel's epilogue adds the residual and writes s, s *
+    weight and per-tile sums of s^2 (`cuda_decode.AddNormOut`), the second scales its rows
+    by their rsqrt(mean(s^2) + eps) after the product (`cuda_decode.NormIn`): two launches
+    instead of three, n never stored (the weight multiplies s before the product, the rstd
+    after it, where add_rms_norm rounds s * rstd first). Otherwise the three kernels.
+    ``OPTIMIZER_FUSE_ADD_NORM=0`` always takes the three."""
+    from ..rms_norm.triton_rms_norm import add_rms_norm
+    n_a = prepared["qweight"].shape[1]
+    fused = _add_norm_input(x, prepared, bias, residual, weight, prepared_b, gate_up)
+    if fused is None:
+        s, n = add_rms_norm(w4a16_linear(x, prepared, bias), residual, weight, eps)
+        z = (w4a16_gate_up_silu(n, prepared_b, bias_b) if gate_up
+             else w4a16_linear(n, prepared_b, bias_b))
+        return s, z
+    x2, bias, cfg_a, cfg_b = fused
+    m = x2.shape[0]
+    res2 = residual.reshape(m, n_a)
+    if res2.stride(1) != 1:
+        res2 = res2.contiguous()
+    s = torch.empty((m, n_a), dtype=x.dtype, device=x.device)
+    g = torch.empty_like(s)
+    ss = torch.empty((m, -(-n_a // 32)), dtype=torch.float32, device=x.device)
+    cuda_decode.w4a16_mma(x2, prepared, bias, None, _group_rows(prepared), cfg_a,
+                          add_norm=cuda_decode.AddNormOut(res2, weight, s, g, ss))
+    if bias_b is not None and bias_b.dtype != x.dtype:
+        bias_b = bias_b.to(x.dtype)
+    n_b = prepared_b["qweight"].shape[1]
+    z = torch.empty((m, n_b // 2 if gate_up else n_b), dtype=x.dtype, device=x.device)
+    cuda_decode.w4a16_mma(g, prepared_b, bias_b, z, _group_rows(prepared_b), cfg_b,
+                          gate_up_silu=gate_up, norm_in=cuda_decode.NormIn(ss, eps))
+    lead = x.shape[:-1]
+    return s.reshape(*lead, n_a), z.reshape(*lead, z.shape[1])
+
+
+def _add_norm_input(x, prepared, bias, residual, weight, prepared_b, gate_up):
+    """(x2, bias, producer config, consumer config) where `w4a16_add_norm_linear` can take
+    its two-kernel path, else None."""
+    n_a = prepared["qweight"].shape[1]
+    kp_b, n_b = prepared_b["qweight"].shape[0] * 8, prepared_b["qweight"].shape[1]
+    if (x.dtype != torch.bfloat16 or weight.dtype != x.dtype or weight.shape != (n_a,)
+            or not weight.is_contiguous() or residual.dtype != x.dtype
+            or residual.shape != (*x.shape[:-1], n_a) or "perm" in prepared_b
+            or n_a > kp_b or n_a % 2 or (gate_up and n_b % 2)):
+        return None
+    fused = _epilogue_input(x, prepared, bias, "OPTIMIZER_FUSE_ADD_NORM")
+    if fused is None:
+        return None
+    x2, bias = fused
+    m, sms = x2.shape[0], sm_count(x.device)
+    cfg_a = cuda_decode.pick_config(m, n_a, prepared["qweight"].shape[0] * 8, sms)
+    cfg_b = cuda_decode.pick_config(m, n_b, kp_b, sms)
+    if not (cuda_decode.norm_supported(cfg_a, "producer")
+            and cuda_decode.norm_supported(cfg_b, "gate_up" if gate_up else "plain")):
+        return None
+    return x2, bias, cfg_a, cfg_b

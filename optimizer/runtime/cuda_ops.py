@@ -196,6 +196,18 @@ def _w4a16_rope_attention(eng, node, xs, step):
                             locks=eng.cache.locks)
 
 
+def _w4a16_add_norm_linear(eng, node, xs, step):
+    """`group_nodes`' w4a16_linear -> add_rms_norm -> w4a16_linear / w4a16_silu: where the
+    CUDA decode kernel runs both projections the norm is split over their epilogues
+    (kernels/w4a16/triton_gemm.w4a16_add_norm_linear), else the three kernels."""
+    from optimizer.kernels.w4a16.triton_gemm import w4a16_add_norm_linear
+    return w4a16_add_norm_linear(
+        xs[0], _w4a16_tensors(eng, node), _opt(eng, node, "bias"), xs[1],
+        eng.weights[node.weight("norm")], node.attr("eps"),
+        eng.prepared[node.attr("prepared_b")], _opt(eng, node, "b.bias"),
+        gate_up=node.attr("gate_up"))
+
+
 def group_nodes(nodes: list[Node], outputs: tuple[str, ...] = ()) -> list[Node]:
     """The engine's own fusion of node groups its kernels run as one (not IR ops: they exist
     only in this engine's schedule, the artifact is unchanged); ``outputs``: the graph's
@@ -209,14 +221,25 @@ def group_nodes(nodes: list[Node], outputs: tuple[str, ...] = ()) -> list[Node]:
       weights, the group's attributes and ``prepared``: the linear's output, the key of its
       kernel tensors), the RoPE and the cache write in the W4A16 decode kernel's epilogue
       where that kernel runs (kernels/w4a16/triton_gemm.w4a16_qkv_rope). Only with
-      ``OPTIMIZER_FUSE_QKV_ROPE=1`` (read when the engine is built): off by default until
-      it has been measured in the decode step on a GPU (bench/RESULTS.md says when).
+      ``OPTIMIZER_FUSE_QKV_ROPE=1`` (read when the engine is built): off by default, since
+      in the decode step it was slower (H100, 8B int4, batch 1: 440.1 against 455 tok/s;
+      the attention kernel after it took 1.3 µs more; bench/RESULTS.md, eleventh session).
     - ``gu = w4a16_linear(x); h = silu_mul(gu)``, where gu has no other reader and is not a
       graph output: one ``w4a16_silu(x) -> h`` with the linear's weights and attributes
       (and ``prepared``: the linear's output, the key of its kernel tensors), the SiLU-mul
       in the W4A16 decode kernel's epilogue where that kernel runs
       (kernels/w4a16/triton_gemm.w4a16_gate_up_silu). ``OPTIMIZER_FUSE_GU_SILU=0`` (read
       when the engine is built) keeps them apart.
+    - ``y = w4a16_linear(x); s, n = add_rms_norm(y, r)`` (either input order) ``; z =
+      w4a16_linear(n)`` or ``w4a16_silu(n)`` (a group above), where y and n have no other
+      reader and are not graph outputs: one ``w4a16_add_norm_linear(x, r) -> s, z`` (the
+      first linear's weights and ``prepared``, the norm's weight as "norm", the second's
+      bias as "b.bias" and ``prepared_b``, eps, ``gate_up``), the norm split over the two
+      W4A16 decode kernels where they run (triton_gemm.w4a16_add_norm_linear). Only with
+      ``OPTIMIZER_FUSE_ADD_NORM=1`` (read when the engine is built): its first version tied
+      at batch 1 and was slower at 2 and 4 (the producers' epilogue read the residual one
+      element after another, +2 µs each); the loads are now issued together, which has not
+      been measured yet (bench/RESULTS.md, eleventh session).
 
     (Also tried and removed: silu_mul folded into the down projection's W4A16 input load.
     Measured on an H200 it made 8B int4 decode at batch 1 slower, 420 -> 389 tok/s: the
@@ -259,6 +282,53 @@ def group_nodes(nodes: list[Node], outputs: tuple[str, ...] = ()) -> list[Node]:
             skip.update(group[1:])
             continue
         out.append(n)
+    if os.environ.get("OPTIMIZER_FUSE_ADD_NORM", "0") == "1":
+        out = _group_add_norm(out, set(outputs))
+    return out
+
+
+def _group_add_norm(nodes: list[Node], graph_outputs: set[str]) -> list[Node]:
+    """`group_nodes`' w4a16_linear -> add_rms_norm -> W4A16 projection groups."""
+    readers: dict[str, list[int]] = {}
+    for i, n in enumerate(nodes):
+        for name in n.inputs:
+            readers.setdefault(name, []).append(i)
+
+    def only_reader(name: str) -> int | None:
+        users = readers.get(name, [])
+        return users[0] if len(users) == 1 and name not in graph_outputs else None
+
+    made = {name: i for i, n in enumerate(nodes) for name in n.outputs}
+    out, skip = [], set()
+    for i, lin in enumerate(nodes):
+        if i in skip:
+            continue
+        j = only_reader(lin.outputs[0]) if (
+            lin.op == "w4a16_linear" and len(lin.inputs) == 1 and len(lin.outputs) == 1) else None
+        norm = nodes[j] if j is not None else None
+        if (norm is None or norm.op != "add_rms_norm" or len(norm.outputs) != 2
+                or norm.inputs.count(lin.outputs[0]) != 1):
+            out.append(lin)
+            continue
+        c = only_reader(norm.outputs[1])
+        nxt = nodes[c] if c is not None else None
+        if nxt is None or nxt.op not in ("w4a16_linear", "w4a16_silu") or (
+                nxt.inputs != (norm.outputs[1],) or len(nxt.outputs) != 1):
+            out.append(lin)
+            continue
+        residual = next(v for v in norm.inputs if v != lin.outputs[0])
+        if made.get(residual, -1) > i:               # the group runs where the linear was
+            out.append(lin)
+            continue
+        weights = {**dict(lin.weights), "norm": norm.weight("weight")}
+        if nxt.weight("bias"):
+            weights["b.bias"] = nxt.weight("bias")
+        attrs = {"prepared": lin.attr("prepared", lin.outputs[0]), "eps": norm.attr("eps"),
+                 "prepared_b": nxt.attr("prepared", nxt.outputs[0]),
+                 "gate_up": nxt.op == "w4a16_silu"}
+        out.append(Node.make("w4a16_add_norm_linear", [lin.inputs[0], residual],
+                             [norm.outputs[0], nxt.outputs[0]], weights=weights, attrs=attrs))
+        skip.update((j, c))
     return out
 
 
@@ -334,6 +404,7 @@ OPS: dict[str, OpFn] = {
     "attention": _attention,
     "rope_qk_attention": _rope_qk_attention,
     "w4a16_rope_attention": _w4a16_rope_attention,
+    "w4a16_add_norm_linear": _w4a16_add_norm_linear,
     "split": _split,
     "silu_mul": _silu_mul,
     "silu_mul2": lambda eng, n, xs, s: F.silu(xs[0]) * xs[1],
