@@ -229,22 +229,16 @@ class TestInterpreter:
         _check_prefill(art, "cpu", torch.float16, tol=2 * TOL[torch.float16])
         _check_decode(art, "cpu", torch.float16)
 
-    def test_add_norm_group(self, tmp_path_factory, monkeypatch) -> None:
-        """OPTIMIZER_FUSE_ADD_NORM=1 on the CPU: the grouped w4a16_add_norm_linear nodes run
-        their three-kernel path (no CUDA kernel here), prefill and decode as the reference."""
-        monkeypatch.setenv("OPTIMIZER_FUSE_ADD_NORM", "1")
-        art = _build(tmp_path_factory.mktemp("a"), "llama", "rtn4", "float16")
-        assert any(n.op == "w4a16_add_norm_linear"
-                   for n in _engine(art, "cpu", torch.float16).engine.nodes)
-        _check_prefill(art, "cpu", torch.float16, tol=2 * TOL[torch.float16])
-        _check_decode(art, "cpu", torch.float16)
-
-    def test_qkv_rope_group(self, tmp_path_factory, monkeypatch) -> None:
-        """OPTIMIZER_FUSE_QKV_ROPE=1 on the CPU: the grouped w4a16_rope_attention node runs
-        its two-kernel path (no CUDA kernel here), prefill and decode as the reference."""
-        monkeypatch.setenv("OPTIMIZER_FUSE_QKV_ROPE", "1")
-        art = _build(tmp_path_factory.mktemp("a"), "qwen2", "rtn4", "float16")
-        assert any(n.op == "w4a16_rope_attention"
-                   for n in _engine(art, "cpu", torch.float16).engine.nodes)
+    @pytest.mark.parametrize("switch,kind,op", [
+        ("OPTIMIZER_FUSE_QKV_ROPE", "qwen2", "w4a16_rope_attention"),
+        ("OPTIMIZER_FUSE_ADD_NORM", "llama", "w4a16_add_norm_linear")])
+    def test_switched_group(self, tmp_path_factory, monkeypatch, switch: str, kind: str,
+                            op: str) -> None:
+        """The switched-off engine groups turned on, on the CPU: OPTIMIZER_FUSE_QKV_ROPE=1's
+        w4a16_rope_attention and OPTIMIZER_FUSE_ADD_NORM=1's w4a16_add_norm_linear nodes run
+        their unfused paths (no CUDA kernel here), prefill and decode as the reference."""
+        monkeypatch.setenv(switch, "1")
+        art = _build(tmp_path_factory.mktemp("a"), kind, "rtn4", "float16")
+        assert any(n.op == op for n in _engine(art, "cpu", torch.float16).engine.nodes)
         _check_prefill(art, "cpu", torch.float16, tol=2 * TOL[torch.float16])
         _check_decode(art, "cpu", torch.float16)

@@ -314,6 +314,21 @@ def mma():
     return cd
 
 
+def _add_norm_case(m: int, h: int, k_a: int, n_b: int, group_a: int, group_b: int,
+                   act_order: bool, seed: int, device: str = "cuda"):
+    """Random inputs of a residual add + RMSNorm between two W4A16 projections, [h, k_a]
+    (act-order as asked) and [n_b, h]: their storage tensors, their layouts, bf16 x [m, k_a],
+    residual [m, h] (spread 4) and norm weight [h] (in [1, 1.5)), and the generator."""
+    wa = random_w4(h, k_a, group_a, False, act_order, seed, device)
+    wb = random_w4(n_b, h, group_b, False, False, seed + 1, device)
+    pa, pb = layout.prepare(*wa, group_a, k_a), layout.prepare(*wb, group_b, h)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    x = torch.randn(m, k_a, generator=gen, device=device).bfloat16()
+    res = (4 * torch.randn(m, h, generator=gen, device=device)).bfloat16()
+    gamma = (1 + 0.5 * torch.rand(h, generator=gen, device=device)).bfloat16()
+    return wa, wb, pa, pb, x, res, gamma, gen
+
+
 class TestMma:
     pytestmark = [pytest.mark.gpu,
                   pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU"),
@@ -487,13 +502,8 @@ class TestMma:
         n_b = 2 * 528 if role == "gate_up" else 768
         seed = fresh_seed()
         what = f"seed={seed} m={m} producer={prod} consumer={cons}"
-        qa, sa, za, ga = random_w4(h, k_a, 128, False, True, seed, "cuda")
-        qb, sb, zb, gb = random_w4(n_b, h, 64, False, False, seed + 1, "cuda")
-        pa, pb = layout.prepare(qa, sa, za, ga, 128, k_a), layout.prepare(qb, sb, zb, gb, 64, h)
-        gen = torch.Generator(device="cuda").manual_seed(seed)
-        x = torch.randn(m, k_a, generator=gen, device="cuda").bfloat16()
-        res = (4 * torch.randn(m, h, generator=gen, device="cuda")).bfloat16()
-        gamma = (1 + 0.5 * torch.rand(h, generator=gen, device="cuda")).bfloat16()
+        (qa, sa, za, ga), (qb, sb, zb, gb), pa, pb, x, res, gamma, gen = _add_norm_case(
+            m, h, k_a, n_b, 128, 64, True, seed)
         ba = torch.randn(h, generator=gen, device="cuda").bfloat16()
         bb = torch.randn(n_b, generator=gen, device="cuda").bfloat16()
         y64 = reference.w4a16_linear_f64(x, qa, sa, za, ga, ba, 128)
@@ -536,13 +546,7 @@ class TestMma:
         rn = kernel("rms_norm.triton_rms_norm")
         h, k_a, n_b = (4096, 4096, 28672) if gate_up else (4096, 14336, 6144)
         seed = fresh_seed()
-        qa, sa, za, ga = random_w4(h, k_a, 128, False, False, seed, "cuda")
-        qb, sb, zb, gb = random_w4(n_b, h, 128, False, False, seed + 1, "cuda")
-        pa, pb = layout.prepare(qa, sa, za, ga, 128, k_a), layout.prepare(qb, sb, zb, gb, 128, h)
-        gen = torch.Generator(device="cuda").manual_seed(seed)
-        x = torch.randn(m, k_a, generator=gen, device="cuda").bfloat16()
-        res = (4 * torch.randn(m, h, generator=gen, device="cuda")).bfloat16()
-        gamma = (1 + 0.5 * torch.rand(h, generator=gen, device="cuda")).bfloat16()
+        _, _, pa, pb, x, res, gamma, _ = _add_norm_case(m, h, k_a, n_b, 128, 128, False, seed)
         s2, n2 = rn.add_rms_norm(tg.w4a16_linear(x, pa), res, gamma, 1e-5)
         z2 = tg.w4a16_gate_up_silu(n2, pb) if gate_up else tg.w4a16_linear(n2, pb)
         for switch in ("1", "0"):
