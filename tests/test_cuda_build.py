@@ -87,6 +87,40 @@ def test_compile_error_is_one_line_and_leaves_nothing(tmp_path: Path, cache: Pat
     assert not any(p.is_file() for p in cache.rglob("*")), list(cache.rglob("*"))
 
 
+PARTS_SOURCE = """// cuda_build: parts 3
+#if CUDA_BUILD_PART == 1
+int part_one() { return 10; }
+#elif CUDA_BUILD_PART == 2
+int part_two() { return TWO; }
+#else
+int part_one();
+int part_two();
+extern "C" int total(int a) { return a + part_one() + part_two(); }
+#endif
+"""
+
+
+@needs_nvcc
+def test_parts_are_compiled_apart_and_linked(tmp_path: Path, cache: Path) -> None:
+    """A source declaring ``// cuda_build: parts 3`` is compiled once per part with
+    CUDA_BUILD_PART = 0, 1, 2 and linked into one library: total() in part 0 links only if
+    parts 1 and 2 were built with their own definitions. A compile error in one part is the
+    usual one line, and nothing is left behind."""
+    src = tmp_path / "parts.cu"
+    src.write_text("#define TWO 200\n" + PARTS_SOURCE)
+    lib_path = cuda_build.build(src, "sm_90")
+    fn = ctypes.CDLL(str(lib_path)).total
+    fn.restype, fn.argtypes = ctypes.c_int, [ctypes.c_int]
+    assert fn(3) == 213
+    assert [p.name for p in lib_path.parent.iterdir()] == ["parts.so"]   # no objects left
+    src.write_text(PARTS_SOURCE)                                     # TWO undefined: part 2 fails
+    with pytest.raises(cuda_build.CudaBuildError) as info:
+        cuda_build.build(src, "sm_90")
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith("parts.cu: nvcc failed (sm_90):") and "TWO" in msg
+    assert sorted(p.name for p in cache.rglob("*") if p.is_file()) == ["parts.so"]
+
+
 def test_no_compiler_is_a_clear_error(tmp_path: Path, cache: Path, monkeypatch) -> None:
     monkeypatch.setattr(cuda_build, "find_nvcc", lambda: None)
     src = tmp_path / "k.cu"

@@ -26,6 +26,12 @@
 // 16 B-operand pairs of a block with four 16-byte loads. part = sum (q - z) x over a group
 // (fp32, on the tensor cores), acc += s * part at the group's end (s: fp16 scale, fp32 math).
 
+// Built in parts (kernels/cuda_build.py reads the line below): nvcc compiles this file once
+// per part, in parallel, with -DCUDA_BUILD_PART=p, and links the objects into one library.
+// Part p instantiates the kernels of one (dtype, group kind) pair (W4_PART_OF), part 0 also
+// the extern "C" dispatcher; a plain one-object build (no CUDA_BUILD_PART) has them all.
+// cuda_build: parts 8
+
 #include <cuda_runtime.h>
 #include <stdint.h>
 
@@ -67,6 +73,12 @@ __device__ __forceinline__ void mma(float (&c)[4], uint32_t a0, uint32_t a1, uin
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
 }
 
+}  // namespace
+
+// The epilogues' argument structs: outside the anonymous namespace, since the dispatcher
+// passes them to the other parts of the build (below).
+namespace w4a16_mma {
+
 // The qkv projection's epilogue (EPI_ROPE): W's rows are Hq q heads, Hk k heads, Hk v heads
 // of D columns each (N = (Hq + 2 Hk) D, D % 32 == 0). The q and k heads are rotated
 // (rotate-half RoPE: the pair (j, j + D/2), j < D/2, by the angle float(pos[m]) * freqs[j],
@@ -102,6 +114,13 @@ struct NormIO {
   int sr, shs, sg, ss_n;
   float eps;
 };
+
+}  // namespace w4a16_mma
+
+namespace {
+
+using w4a16_mma::NormIO;
+using w4a16_mma::QkvRope;
 
 enum { EPI_PLAIN = 0, EPI_GU = 1, EPI_ROPE = 2, EPI_RES = 3 };
 
@@ -591,6 +610,65 @@ cudaError_t by_shape(int wk, int u, int xs, int epi, int norm, const void* x, co
 
 }  // namespace
 
+// by_shape of each (dtype, group kind) pair, each defined in its own part of the build
+#ifndef CUDA_BUILD_PART
+#define CUDA_BUILD_PART -1
+#endif
+#define W4_PART_OF(B, G) (((B) ? 0 : 4) + ((G) == 32 ? 0 : (G) == 64 ? 1 : (G) == 128 ? 2 : 3))
+#define W4_ARGS                                                                              \
+  int wk, int u, int xs, int epi, int norm, const void *x, const void *qw, const void *sz,   \
+      const void *bias, void *y, void *ws, void *locks, int M, int N, int KX, int KP, int GSR, \
+      int split, int sxm, int sym, size_t smem, cudaStream_t st, int pdl, int vec_x,         \
+      const w4a16_mma::QkvRope *rope, const w4a16_mma::NormIO *nrm
+namespace w4a16_mma {
+template <bool BF16, int GS>
+cudaError_t part(W4_ARGS);
+template <> cudaError_t part<true, 32>(W4_ARGS);
+template <> cudaError_t part<true, 64>(W4_ARGS);
+template <> cudaError_t part<true, 128>(W4_ARGS);
+template <> cudaError_t part<true, 0>(W4_ARGS);
+template <> cudaError_t part<false, 32>(W4_ARGS);
+template <> cudaError_t part<false, 64>(W4_ARGS);
+template <> cudaError_t part<false, 128>(W4_ARGS);
+template <> cudaError_t part<false, 0>(W4_ARGS);
+}  // namespace w4a16_mma
+#define W4_PART(B, G)                                                                        \
+  namespace w4a16_mma {                                                                      \
+  template <>                                                                                \
+  cudaError_t part<B, G>(W4_ARGS) {                                                          \
+    return by_shape<B, G>(wk, u, xs, epi, norm, x, qw, sz, bias, y, ws, locks, M, N, KX, KP, \
+                          GSR, split, sxm, sym, smem, st, pdl, vec_x, rope, nrm);            \
+  }                                                                                          \
+  }
+#if CUDA_BUILD_PART < 0 || CUDA_BUILD_PART == W4_PART_OF(true, 32)
+W4_PART(true, 32)
+#endif
+#if CUDA_BUILD_PART < 0 || CUDA_BUILD_PART == W4_PART_OF(true, 64)
+W4_PART(true, 64)
+#endif
+#if CUDA_BUILD_PART < 0 || CUDA_BUILD_PART == W4_PART_OF(true, 128)
+W4_PART(true, 128)
+#endif
+#if CUDA_BUILD_PART < 0 || CUDA_BUILD_PART == W4_PART_OF(true, 0)
+W4_PART(true, 0)
+#endif
+#if CUDA_BUILD_PART < 0 || CUDA_BUILD_PART == W4_PART_OF(false, 32)
+W4_PART(false, 32)
+#endif
+#if CUDA_BUILD_PART < 0 || CUDA_BUILD_PART == W4_PART_OF(false, 64)
+W4_PART(false, 64)
+#endif
+#if CUDA_BUILD_PART < 0 || CUDA_BUILD_PART == W4_PART_OF(false, 128)
+W4_PART(false, 128)
+#endif
+#if CUDA_BUILD_PART < 0 || CUDA_BUILD_PART == W4_PART_OF(false, 0)
+W4_PART(false, 0)
+#endif
+#undef W4_PART
+#undef W4_ARGS
+
+#if CUDA_BUILD_PART <= 0
+
 // gs: the layout's rows per group (32, 64 or a multiple of 128); wk: warps per CTA (2, 4, 8,
 // or 16; 2 and 16 with u = 2); u: blocks in flight per warp (2, 4); xs: x staged in shared
 // memory (else each lane loads its B operands from global memory, block by block); epi: 0
@@ -629,9 +707,10 @@ extern "C" int w4a16_mma_launch(int bf16, int gs, int wk, int u, int xs, int epi
   const int kind = gs == 32 ? 32 : gs == 64 ? 64 : gs == 128 ? 128 : 0;
 #define W4_GS(B, G)                                                                         \
   if ((bool)bf16 == B && kind == G)                                                         \
-    return (int)by_shape<B, G>(wk, u, xs, epi, norm, x, qw, sz, bias, y, ws, locks, M, N,  \
-                               KX, KP, gs, split, stride_xm, stride_ym, smem, st, pdl,      \
-                               vec_x, epi == EPI_ROPE ? &rope : nullptr, &nrm);
+    return (int)w4a16_mma::part<B, G>(wk, u, xs, epi, norm, x, qw, sz, bias, y, ws, locks, \
+                                      M, N, KX, KP, gs, split, stride_xm, stride_ym, smem,  \
+                                      st, pdl, vec_x, epi == EPI_ROPE ? &rope : nullptr,    \
+                                      &nrm);
   W4_GS(true, 32) W4_GS(true, 64) W4_GS(true, 128) W4_GS(true, 0)
   W4_GS(false, 32) W4_GS(false, 64) W4_GS(false, 128) W4_GS(false, 0)
 #undef W4_GS
@@ -641,3 +720,4 @@ extern "C" int w4a16_mma_launch(int bf16, int gs, int wk, int u, int xs, int epi
 extern "C" const char* w4a16_mma_error_string(int err) {
   return cudaGetErrorString((cudaError_t)err);
 }
+#endif  // CUDA_BUILD_PART <= 0
