@@ -4,7 +4,7 @@
 # decode step of the Llama-3-8B-shaped int4 artifact:
 #   - tree A (this tree) against tree B (a79cfd1), A B A B: A's only default change is the
 #     gate-up pick, MmaConfig(2, 2, 1, False), which the eleventh session measured as a
-#     variant (OPTIMIZER_W4A16_PICK=28672:2/2/1/0: 464.5 against 455.5 tok/s at batch 1 on
+#     variant (OPTIMIZER_W4A16_PICK=28672:2/2/1/0: 464.5 against 455.3 tok/s at batch 1 on
 #     an H100) but not as the default after fixing its split-K;
 #   - OPTIMIZER_FUSE_ADD_NORM=1: the residual add + RMSNorm split over the projections around
 #     it, with the producer's residual and weight loads issued together (its first version

@@ -107,13 +107,13 @@ def pick_override(n: int) -> MmaConfig | None:
 def pick_config(m: int, n: int, kp: int, sms: int = 132) -> MmaConfig:
     """The winners of bench/w4a16_mma_sweep.py on an H200 (2026-12-01, bench/RESULTS.md),
     Llama-3-8B qkv / o / gate-up / down at M = 1 and 8: 8 warps per CTA, except 2 where the
-    32-column tiles alone make more than 2 CTAs per SM (gate-up: 896 CTAs of 64 threads fit
-    132 SMs in one wave where 4 warps took 1.70; no split-K, which `choose_split` would
-    make at 2 warps and which made gate-up 29.7 µs instead of 25.8; unsplit, in the int4
-    decode step on an H100, 464.5 against 455.5 tok/s at batch 1, +2% at 2 and 4, and
-    24.4 µs: eleventh session) and 16 where they fit the
-    SMs one CTA each (o, down: twice the warps per SM, and no split-K, whose sum cost down
-    ~3.5 us of its 12.9; 4.9% more int4 decode tok/s, eighth session); x staged in shared
+    32-column tiles alone make more than 2 CTAs per SM (gate-up: its 896 CTAs of 64 threads
+    fit 132 SMs in one wave, where 4 warps took 1.70), unsplit (in the int4 decode step on
+    an H100, gate-up 24.4 µs instead of 25.9 and 464.5 against 455.3 tok/s at batch 1, +2%
+    at 2 and 4; with `choose_split`'s split-K 2 it took 29.7 µs: eleventh session), and 16
+    where they fit the SMs one CTA each (o, down: twice the warps per SM, and no split-K,
+    whose sum cost down ~3.5 us of its 12.9; 4.9% more int4 decode tok/s, eighth session);
+    x staged in shared
     memory at M = 1 on the narrower shapes (5-8% faster there), loaded per block otherwise;
     2 blocks in flight per warp; split-K as `choose_split` (16 warps: only as far as the
     staged x needs). Each pick was the best or within ~5% of it.

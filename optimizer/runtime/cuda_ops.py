@@ -248,10 +248,7 @@ def group_nodes(nodes: list[Node], outputs: tuple[str, ...] = ()) -> list[Node]:
     since every CTA of the projection redoes the norm over the whole row; branch
     exp/next-session.)
     """
-    readers: dict[str, list[int]] = {}
-    for i, n in enumerate(nodes):
-        for name in n.inputs:
-            readers.setdefault(name, []).append(i)
+    readers = _readers(nodes)
     fuse_silu = os.environ.get("OPTIMIZER_FUSE_GU_SILU", "1") != "0"
     fuse_rope = os.environ.get("OPTIMIZER_FUSE_QKV_ROPE", "0") == "1"
     out, skip = [], set()
@@ -287,12 +284,18 @@ def group_nodes(nodes: list[Node], outputs: tuple[str, ...] = ()) -> list[Node]:
     return out
 
 
-def _group_add_norm(nodes: list[Node], graph_outputs: set[str]) -> list[Node]:
-    """`group_nodes`' w4a16_linear -> add_rms_norm -> W4A16 projection groups."""
+def _readers(nodes: list[Node]) -> dict[str, list[int]]:
+    """Each value's reading nodes, by index."""
     readers: dict[str, list[int]] = {}
     for i, n in enumerate(nodes):
         for name in n.inputs:
             readers.setdefault(name, []).append(i)
+    return readers
+
+
+def _group_add_norm(nodes: list[Node], graph_outputs: set[str]) -> list[Node]:
+    """`group_nodes`' w4a16_linear -> add_rms_norm -> W4A16 projection groups."""
+    readers = _readers(nodes)
 
     def only_reader(name: str) -> int | None:
         users = readers.get(name, [])
