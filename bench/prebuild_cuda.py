@@ -3,7 +3,8 @@ at first use (kernels/cuda_build.py), and say how to carry them there.
 
     python3 bench/prebuild_cuda.py [--arch sm_90] [--out .carry-cuda]
 
-Builds kernels/w4a16/mma_decode.cu, kernels/gemv/gemv.cu and bench/read_floor.cu into
+Builds kernels/w4a16/mma_decode.cu, kernels/gemv/gemv.cu, kernels/attention/decode_attn.cu
+(where the tree has it) and bench/read_floor.cu into
 ``OUT/optcache`` (the layout of ``$OPTIMIZER_CACHE``). The cache key covers the source and
 the headers it includes, the arch, the flags and nvcc's version, so a library built with
 the same nvcc as the GPU machine's (13.0 on the lent H100/H200, 13.0 here) is found
@@ -23,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("kernels/w4a16/mma_decode.cu", "kernels/gemv/gemv.cu",
+           "kernels/attention/decode_attn.cu",
            "bench/read_floor.cu")                    # the last: bench/read_floor.py
 
 
@@ -38,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError:                          # not installed: the source tree itself
         from kernels import cuda_build
     for src in SOURCES:
+        if not (ROOT / src).exists():           # an older tree (an A/B's tree B)
+            continue
         t0 = time.time()
         try:
             lib = cuda_build.build(ROOT / src, a.arch)

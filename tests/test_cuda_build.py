@@ -2,7 +2,8 @@
 
 Runs on CPU where nvcc is installed (no GPU needed: the libraries are built and loaded, and
 only host functions are called); skipped where there is no nvcc. The last tests compile the
-real kernels (kernels/w4a16/mma_decode.cu, kernels/gemv/gemv.cu) for sm_90, so a source that
+real kernels (kernels/w4a16/mma_decode.cu, kernels/gemv/gemv.cu,
+kernels/attention/decode_attn.cu) for sm_90, so a source that
 does not compile fails CI, which has no GPU to run it on.
 """
 
@@ -131,7 +132,9 @@ def test_no_compiler_is_a_clear_error(tmp_path: Path, cache: Path, monkeypatch) 
 
 @needs_nvcc
 @pytest.mark.parametrize("package,source,prefix", [("w4a16", "mma_decode.cu", "w4a16_mma"),
-                                                   ("gemv", "gemv.cu", "gemv")])
+                                                   ("gemv", "gemv.cu", "gemv"),
+                                                   ("attention", "decode_attn.cu",
+                                                    "attn_decode")])
 def test_real_kernels_compile(cache: Path, package: str, source: str, prefix: str) -> None:
     src = Path(kernel(package).__file__).with_name(source)
     lib = ctypes.CDLL(str(cuda_build.build(src, "sm_90")))

@@ -52,11 +52,13 @@ def _engine(artifact: Path, device: str, dtype: torch.dtype):
     return CudaRuntime(graph, eng, manifest)
 
 
-def _build(tmp: Path, kind: str, scheme: str, dtype: str) -> Path:
-    folder = tmp / f"{kind}-src"
+def _build(tmp: Path, kind: str, scheme: str, dtype: str,
+           heads: tuple[int, int, int] = (192, 6, 2)) -> Path:
+    """An artifact of a tiny `kind` model; heads: (hidden size, q heads, kv heads)."""
+    folder = tmp / f"{kind}-{'-'.join(map(str, heads))}-src"
     if not folder.exists():
-        save_tiny(kind, folder, hidden_size=192, intermediate_size=320, num_attention_heads=6,
-                  num_key_value_heads=2, **MODELS[kind])
+        save_tiny(kind, folder, hidden_size=heads[0], intermediate_size=320,
+                  num_attention_heads=heads[1], num_key_value_heads=heads[2], **MODELS[kind])
         from tiny_models import add_tokenizer
         add_tokenizer(folder, 96, Path(__file__).parent / "data" / "calib_small.jsonl")
     passes = SCHEMES[scheme]
@@ -82,9 +84,12 @@ def _check_prefill(artifact: Path, device: str, dtype: torch.dtype,
     assert err <= tol, f"{artifact.name} seed {seed}: rel err {err:.2e} > {tol:.0e}"
 
 
-def _check_decode(artifact: Path, device: str, dtype: torch.dtype) -> None:
+def _check_decode(artifact: Path, device: str, dtype: torch.dtype,
+                  lengths: tuple[int, ...] = (3, 9, 1)) -> None:
+    """Greedy decode of prompts of these lengths (default ragged, one of length 1) as one
+    batch, each step's token near the reference's best."""
     seed = int.from_bytes(os.urandom(4), "little")
-    prompts = [_ids(n, seed + n) for n in (3, 9, 1)]       # ragged, one of length 1
+    prompts = [_ids(n, seed + n) for n in lengths]
     rt = _engine(artifact, device, dtype)
     out = rt.generate_ids(prompts, 6)
     ref = optimizer.runtime.load(artifact)
@@ -126,15 +131,39 @@ class TestGPU:
                                              ("mistral", "rtn4-sym-g64")])
     def test_decode_add_norm_split(self, tmp_path_factory, monkeypatch, kind: str,
                                    scheme: str) -> None:
-        """OPTIMIZER_FUSE_ADD_NORM=1: each residual add + RMSNorm between two W4A16
-        projections split over their decode kernels (qwen2: the qkv bias after the row
-        scale), prefill and decode against the CPU reference."""
-        monkeypatch.setenv("OPTIMIZER_FUSE_ADD_NORM", "1")
+        """Each residual add + RMSNorm between two W4A16 projections split over their
+        decode kernels (qwen2: the qkv bias after the row scale): prefill, decode at batch 1
+        (the split; default) and batch 3 (three kernels by default, the split with
+        OPTIMIZER_FUSE_ADD_NORM_MAX_M=4) against the CPU reference."""
         art = _build(tmp_path_factory.mktemp("a"), kind, scheme, "bfloat16")
         rt = _engine(art, "cuda", torch.bfloat16)
         assert any(n.op == "w4a16_add_norm_linear" for n in rt.engine.nodes)
         _check_prefill(art, "cuda", torch.bfloat16)
+        _check_decode(art, "cuda", torch.bfloat16, (7,))
         _check_decode(art, "cuda", torch.bfloat16)
+        monkeypatch.setenv("OPTIMIZER_FUSE_ADD_NORM_MAX_M", "4")
+        _check_decode(art, "cuda", torch.bfloat16)
+
+    @pytest.mark.parametrize("kind,scheme", [("llama", "rtn4"), ("qwen2", "bf16"),
+                                             ("mistral", "rtn4-sym-g64")])
+    def test_decode_cuda_attention(self, tmp_path_factory, monkeypatch, kind: str,
+                                   scheme: str) -> None:
+        """OPTIMIZER_ATTN_CUDA=1: the decode step's attention on the CUDA kernel
+        (kernels/attention/cuda_decode.py; head size 64, 3 q heads per kv head; qwen2 and
+        mistral with sliding windows), captured in the step's CUDA graph under PDL; decode
+        at batch 3 and 1 against the CPU reference."""
+        if torch.cuda.get_device_capability()[0] < 9:
+            pytest.skip("the CUDA decode attention needs sm_90")
+        from optimizer.kernels.attention import cuda_decode
+        monkeypatch.setenv("OPTIMIZER_ATTN_CUDA", "1")
+        calls, real = [], cuda_decode.decode_attention
+        monkeypatch.setattr(cuda_decode, "decode_attention",       # counts, then runs it
+                            lambda *a, **kw: calls.append(1) or real(*a, **kw))
+        art = _build(tmp_path_factory.mktemp("a"), kind, scheme, "bfloat16", (384, 6, 2))
+        _check_prefill(art, "cuda", torch.bfloat16)
+        _check_decode(art, "cuda", torch.bfloat16)
+        _check_decode(art, "cuda", torch.bfloat16, (7,))
+        assert calls, "the CUDA decode attention never ran"
 
     def test_float16_engine(self, tmp_path_factory) -> None:
         art = _build(tmp_path_factory.mktemp("a"), "llama", "rtn4", "float16")
@@ -234,9 +263,10 @@ class TestInterpreter:
         ("OPTIMIZER_FUSE_ADD_NORM", "llama", "w4a16_add_norm_linear")])
     def test_switched_group(self, tmp_path_factory, monkeypatch, switch: str, kind: str,
                             op: str) -> None:
-        """The switched-off engine groups turned on, on the CPU: OPTIMIZER_FUSE_QKV_ROPE=1's
-        w4a16_rope_attention and OPTIMIZER_FUSE_ADD_NORM=1's w4a16_add_norm_linear nodes run
-        their unfused paths (no CUDA kernel here), prefill and decode as the reference."""
+        """The engine groups with their switches set, on the CPU: OPTIMIZER_FUSE_QKV_ROPE=1's
+        w4a16_rope_attention (off by default) and OPTIMIZER_FUSE_ADD_NORM=1's (the default)
+        w4a16_add_norm_linear nodes run their unfused paths (no CUDA kernel here), prefill
+        and decode as the reference."""
         monkeypatch.setenv(switch, "1")
         art = _build(tmp_path_factory.mktemp("a"), kind, "rtn4", "float16")
         assert any(n.op == op for n in _engine(art, "cpu", torch.float16).engine.nodes)

@@ -171,10 +171,12 @@ def _nan_workspace():
 
 def check_decode(b: int, hq: int, hk: int, d: int, s_max: int, dtype: torch.dtype,
                  device: str, *, window: int | None = None, scale: float | None = None,
-                 lengths: list[int] | None = None, **kw) -> None:
+                 lengths: list[int] | None = None, module: str = "attention.triton_decode",
+                 **kw) -> None:
     """Ragged random lengths (forced ones, if given, first); the cache rows the kernel must
-    not read (past the length, before the window) are NaN in its copy of the cache."""
-    k = kernel("attention.triton_decode")
+    not read (past the length, before the window) are NaN in its copy of the cache. module:
+    the kernel's (triton_decode or cuda_decode)."""
+    k = kernel(module)
     seed = fresh_seed()
     gen = _gen(seed, device)
     lens = list(lengths or [])
@@ -364,6 +366,125 @@ class TestGPU:
             ref = attn_ref.decode_attention(q.double(), kc.double(), vc.double(), lengths,
                                             hq, hk, 1024)
             _check(out, ref, torch.bfloat16, f"seed={seed} graph replay lengths={lens}")
+
+
+def _cuda_attention_runs() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] >= 9
+
+
+class TestCudaDecode:
+    """kernels/attention/cuda_decode.py (decode_attn.cu: clusters, sm_90) against the float64
+    reference, as TestGPU's Triton kernel: TOL, NaN in the rows it must not read."""
+    pytestmark = [pytest.mark.gpu,
+                  pytest.mark.skipif(not _cuda_attention_runs(), reason="needs an sm_90 GPU")]
+
+    @pytest.mark.parametrize("dtype", DTYPES)
+    @pytest.mark.parametrize("b,s_max", [(1, 200), (1, 17), (1, 4096), (4, 200), (32, 512),
+                                        (5, 300), (2, 1)])
+    @pytest.mark.parametrize("hq,hk,d", [(32, 8, 128), (9, 3, 64), (8, 8, 64), (16, 2, 128)])
+    def test_decode(self, b: int, s_max: int, hq: int, hk: int, d: int,
+                    dtype: torch.dtype) -> None:
+        check_decode(b, hq, hk, d, s_max, dtype, "cuda", lengths=[s_max, 1][:b],
+                     module="attention.cuda_decode")
+
+    @pytest.mark.parametrize("dtype", DTYPES)
+    @pytest.mark.parametrize("window", [1, 100, 1000])
+    def test_decode_window(self, window: int, dtype: torch.dtype) -> None:
+        check_decode(4, 32, 8, 128, 2000, dtype, "cuda", window=window,
+                     lengths=[2000, window, 3, 0], module="attention.cuda_decode")
+
+    def test_decode_scale_and_zero_length(self) -> None:
+        check_decode(3, 12, 3, 128, 700, torch.bfloat16, "cuda", scale=0.3,
+                     lengths=[0, 700, 1], module="attention.cuda_decode")
+
+    def test_agrees_with_triton(self) -> None:
+        """Both decode kernels on one random input: the same result within TOL."""
+        cd, td = kernel("attention.cuda_decode"), kernel("attention.triton_decode")
+        seed = fresh_seed()
+        gen = _gen(seed, "cuda")
+        q = _randn((4, 32 * 128), gen, "cuda", torch.bfloat16)
+        kc = _randn((4, 300, 8, 128), gen, "cuda", torch.bfloat16)
+        vc = _randn((4, 300, 8, 128), gen, "cuda", torch.bfloat16)
+        lengths = torch.tensor([300, 1, 150, 77], dtype=torch.int32, device="cuda")
+        a = cd.decode_attention(q, kc, vc, lengths, 32, 8)
+        ref = td.decode_attention(q, kc, vc, lengths, 32, 8)
+        _check(a, ref.double(), torch.bfloat16, f"seed={seed}")
+
+    def test_after_rope_cache_under_pdl(self) -> None:
+        """rope_qk_cache then the attention, captured in a CUDA graph and replayed: under PDL
+        the attention may start while the rope kernel writes q and each sequence's newest
+        cache row, which are NaN before each replay (read early, they would show); the other
+        rows it prefetches before its wait."""
+        cd, tr = kernel("attention.cuda_decode"), kernel("rope.triton_rope")
+        b, s_max, hq, hk, d = 3, 200, 32, 8, 128
+        seed = fresh_seed()
+        gen = _gen(seed, "cuda")
+        x = _randn((b, (hq + 2 * hk) * d), gen, "cuda", torch.bfloat16)
+        kc = _randn((b, s_max, hk, d), gen, "cuda", torch.bfloat16)
+        vc = _randn((b, s_max, hk, d), gen, "cuda", torch.bfloat16)
+        freqs = rope_ref.inv_freq(d, 500000.0, None).cuda()
+        lengths = torch.ones(b, dtype=torch.int32, device="cuda")
+        pos = torch.zeros(b, dtype=torch.int64, device="cuda")
+        q = torch.empty((b, hq * d), dtype=torch.bfloat16, device="cuda")
+        out = torch.empty_like(q)
+
+        def step():
+            tr.rope_qk_cache(x, pos, freqs, hq, hk, d, kc, vc, q_out=q)
+            cd.decode_attention(q, kc, vc, lengths, hq, hk, out=out)
+
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            step()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+        rows = torch.arange(b, device="cuda")
+        for lens in ([7, 200, 1], [150, 2, 199]):
+            lengths.copy_(torch.tensor(lens, dtype=torch.int32))
+            pos.copy_(lengths - 1)
+            x.normal_()
+            q.fill_(NAN)
+            kc[rows, pos], vc[rows, pos] = NAN, NAN
+            out.fill_(NAN)
+            graph.replay()
+            torch.cuda.synchronize()
+            ref = attn_ref.decode_attention(q.double(), kc.double(), vc.double(), lengths,
+                                            hq, hk)
+            _check(out, ref, torch.bfloat16, f"seed={seed} lengths={lens}")
+
+    def test_rejects(self) -> None:
+        """Operands it does not take: one ValueError naming what, before any launch."""
+        cd = kernel("attention.cuda_decode")
+        q = torch.zeros(1, 4 * 96, dtype=torch.bfloat16, device="cuda")
+        c = torch.zeros(1, 8, 2, 96, dtype=torch.bfloat16, device="cuda")
+        lengths = torch.ones(1, dtype=torch.int32, device="cuda")
+        with pytest.raises(ValueError, match="head size 96"):
+            cd.decode_attention(q, c, c, lengths, 4, 2)
+        assert not cd.available(q, c, c, lengths, 4, 2)
+
+
+class TestCudaDecodePlan:
+    """CPU: the cluster plan and the operand checks of kernels/attention/cuda_decode.py."""
+
+    @pytest.mark.parametrize("s_max,want", [(1, (1, 1)), (32, (1, 32)), (33, (2, 17)),
+                                            (200, (8, 25)), (100, (4, 25)),
+                                            (4096, (8, 512))])
+    def test_plan(self, s_max: int, want: tuple[int, int]) -> None:
+        c, p = kernel("attention.cuda_decode").plan(s_max)
+        assert (c, p) == want and c * p >= s_max and c in (1, 2, 4, 8)
+
+    def test_cpu_tensors_rejected(self) -> None:
+        cd = kernel("attention.cuda_decode")
+        q = torch.zeros(1, 4 * 64, dtype=torch.bfloat16)
+        c = torch.zeros(1, 8, 2, 64, dtype=torch.bfloat16)
+        lengths = torch.ones(1, dtype=torch.int32)
+        assert not cd.supported(q, c, c, lengths, 4, 2)
+        with pytest.raises(ValueError, match="one CUDA device"):
+            cd.decode_attention(q, c, c, lengths, 4, 2)
+        with pytest.raises(ValueError, match=r"expected \[B, 4 \* D\]"):
+            cd.decode_attention(q[:, :128], c, c, lengths, 4, 2)
 
 
 # ---- Triton interpreter (CPU) ------------------------------------------------------------

@@ -182,8 +182,10 @@ def test_engine_groups_gate_up_and_silu(tiny: Path, monkeypatch: pytest.MonkeyPa
     w4a16_linear -> silu_mul as one w4a16_silu node: the linear's inputs, weights and
     attributes, the silu_mul's output, and the linear's output as the key of its kernel
     tensors. A gate-up output that is also a graph output stays apart, and
-    OPTIMIZER_FUSE_GU_SILU=0 keeps every layer apart."""
+    OPTIMIZER_FUSE_GU_SILU=0 keeps every layer apart. (The add-norm groups, which take
+    the w4a16_silu nodes in, are switched off here.)"""
     from optimizer.runtime.cuda_ops import group_nodes
+    monkeypatch.setenv("OPTIMIZER_FUSE_ADD_NORM", "0")
     g = optimizer.PassManager(["dce", *CUDA_FUSION, RTN4, "cuda-layout:device=cpu"]).run(
         optimizer.import_model(tiny))
     before = _ops(g)
@@ -213,8 +215,10 @@ def test_engine_groups_qkv_rope_and_attention(tiny: Path, monkeypatch: pytest.Mo
     linear's input and weights, the positions, the attention's output and attributes (with
     the rope's theta and scaling), and the linear's output as the key of its kernel tensors.
     Only with OPTIMIZER_FUSE_QKV_ROPE=1 (off by default until measured on a GPU); a qkv
-    output that is also a graph output leaves that layer's linear apart."""
+    output that is also a graph output leaves that layer's linear apart. (The add-norm
+    groups, which take the qkv linears in, are switched off here.)"""
     from optimizer.runtime.cuda_ops import group_nodes
+    monkeypatch.setenv("OPTIMIZER_FUSE_ADD_NORM", "0")
     g = optimizer.PassManager(["dce", *CUDA_FUSION, RTN4, "cuda-layout:device=cpu"]).run(
         optimizer.import_model(tiny))
     off = Counter(n.op for n in group_nodes(list(g.nodes)))          # the default
@@ -243,17 +247,18 @@ def test_engine_groups_qkv_rope_and_attention(tiny: Path, monkeypatch: pytest.Mo
 
 
 def test_engine_groups_add_norm(tiny: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """With OPTIMIZER_FUSE_ADD_NORM=1 the engine's schedule runs o -> add_rms_norm -> gate-up
+    """By default the engine's schedule runs o -> add_rms_norm -> gate-up
     (w4a16_silu) and down -> next layer's add_rms_norm -> qkv as w4a16_add_norm_linear
     nodes: the first linear's input, the residual, the norm's sum and the second's output;
     the first's weights with the norm's as "norm", the keys of both kernels' tensors. The
     last layer's down (its norm feeds the float lm_head) and layer 0's rms_norm stay, and
-    every name a node reads is made before it. Off by default."""
+    every name a node reads is made before it. OPTIMIZER_FUSE_ADD_NORM=0 keeps them apart."""
     from optimizer.runtime.cuda_ops import group_nodes
     g = optimizer.PassManager(["dce", *CUDA_FUSION, RTN4, "cuda-layout:device=cpu"]).run(
         optimizer.import_model(tiny))
+    monkeypatch.setenv("OPTIMIZER_FUSE_ADD_NORM", "0")
     assert Counter(n.op for n in group_nodes(list(g.nodes)))["w4a16_add_norm_linear"] == 0
-    monkeypatch.setenv("OPTIMIZER_FUSE_ADD_NORM", "1")
+    monkeypatch.delenv("OPTIMIZER_FUSE_ADD_NORM")
     before = _ops(g)
     layers = before["attention"]
     assert layers == 2 and before["add_rms_norm"] == 2 * layers      # + the final norm - 1st

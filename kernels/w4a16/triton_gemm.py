@@ -754,8 +754,8 @@ def w4a16_add_norm_linear(x: torch.Tensor, prepared: dict[str, torch.Tensor],
         s, n = add_rms_norm(w4a16_linear(x, prepared, bias), residual, weight, eps)
         z = w4a16_linear(n, prepared_b, bias_b)         (gate_up: w4a16_gate_up_silu)
 
-    -> (s, z). Where both would run on the CUDA decode kernel (M <= AUTO_MAX_M, bf16, the
-    second without act-order, the norm's weight bf16, `cuda_decode.norm_supported` configs)
+    -> (s, z). Where both would run on the CUDA decode kernel (M <= `add_norm_max_m`, bf16,
+    the second without act-order, the norm's weight bf16, `cuda_decode.norm_supported` configs)
     the norm kernel goes: the first kernel's epilogue adds the residual and writes s, s *
     weight and per-tile sums of s^2 (`cuda_decode.AddNormOut`), the second scales its rows
     by their rsqrt(mean(s^2) + eps) after the product (`cuda_decode.NormIn`): two launches
@@ -790,6 +790,15 @@ def w4a16_add_norm_linear(x: torch.Tensor, prepared: dict[str, torch.Tensor],
     return s.reshape(*lead, n_a), z.reshape(*lead, z.shape[1])
 
 
+def add_norm_max_m() -> int:
+    """The largest M that `w4a16_add_norm_linear` splits the norm over two kernels for: 1,
+    where it was measured faster (8B int4 decode on an H100, twelfth session: 471.5 against
+    464 tok/s at batch 1; a tie at batch 2, 1673.8 against 1740 at batch 4, bench/RESULTS.md),
+    or ``OPTIMIZER_FUSE_ADD_NORM_MAX_M`` (A/B measurements; at most AUTO_MAX_M)."""
+    v = os.environ.get("OPTIMIZER_FUSE_ADD_NORM_MAX_M")
+    return min(int(v), cuda_decode.AUTO_MAX_M) if v else 1
+
+
 def _add_norm_input(x, prepared, bias, residual, weight, prepared_b, gate_up):
     """(x2, bias, producer config, consumer config) where `w4a16_add_norm_linear` can take
     its two-kernel path, else None."""
@@ -798,7 +807,8 @@ def _add_norm_input(x, prepared, bias, residual, weight, prepared_b, gate_up):
     if (x.dtype != torch.bfloat16 or weight.dtype != x.dtype or weight.shape != (n_a,)
             or not weight.is_contiguous() or residual.dtype != x.dtype
             or residual.shape != (*x.shape[:-1], n_a) or "perm" in prepared_b
-            or n_a > kp_b or n_a % 2 or (gate_up and n_b % 2)):
+            or n_a > kp_b or n_a % 2 or (gate_up and n_b % 2)
+            or x.reshape(-1, x.shape[-1]).shape[0] > add_norm_max_m()):
         return None
     fused = _epilogue_input(x, prepared, bias, "OPTIMIZER_FUSE_ADD_NORM")
     if fused is None:

@@ -133,7 +133,7 @@ def _split(eng, node, xs, step):
 def _attention(eng, node, xs, step):
     """Write this step's k/v into the layer's cache, then attend: prefill with SDPA over the
     prompt (causal, sliding window as a mask), decode with the split-K decode kernel."""
-    from optimizer.kernels.attention.triton_decode import cache_write, decode_attention
+    from optimizer.kernels.attention.kv_cache import cache_write
     q, k, v, _ = xs
     hq, hk, d = node.attr("n_heads"), node.attr("n_kv_heads"), node.attr("head_dim")
     window = node.attr("window")
@@ -154,8 +154,18 @@ def _attention(eng, node, xs, step):
         return out.transpose(1, 2).reshape(t, hq * d)
     b = q.shape[0]
     cache_write(kc[:b], vc[:b], k, v, step.positions)
-    return decode_attention(q.contiguous(), kc[:b], vc[:b], step.lengths, hq, hk, window,
-                            locks=eng.cache.locks)
+    return _decode_attention(eng, q.contiguous(), kc[:b], vc[:b], step, hq, hk, window)
+
+
+def _decode_attention(eng, q, kc, vc, step, hq, hk, window):
+    """One decode step's attention over the layer's cache: the CUDA kernel where it runs and
+    is switched on (kernels/attention/cuda_decode.py, ``OPTIMIZER_ATTN_CUDA=1``), else the
+    Triton split-K kernel."""
+    from optimizer.kernels.attention import cuda_decode
+    if cuda_decode.available(q, kc, vc, step.lengths, hq, hk):
+        return cuda_decode.decode_attention(q, kc, vc, step.lengths, hq, hk, window)
+    from optimizer.kernels.attention.triton_decode import decode_attention
+    return decode_attention(q, kc, vc, step.lengths, hq, hk, window, locks=eng.cache.locks)
 
 
 def _rope_qk_attention(eng, node, xs, step):
@@ -167,13 +177,11 @@ def _rope_qk_attention(eng, node, xs, step):
     if step.prefill:
         q, k, v = torch.split(_rope_qk(eng, node, xs, step), [hq * d, hk * d, hk * d], -1)
         return _attention(eng, node, [q, k, v, pos], step)
-    from optimizer.kernels.attention.triton_decode import decode_attention
     from optimizer.kernels.rope.triton_rope import rope_qk_cache
     kc, vc = eng.cache.layer(node.attr("layer"))
     b = qkv.shape[0]
     q = rope_qk_cache(qkv, pos, eng.freqs_of(node), hq, hk, d, kc, vc)
-    return decode_attention(q, kc[:b], vc[:b], step.lengths, hq, hk, node.attr("window"),
-                            locks=eng.cache.locks)
+    return _decode_attention(eng, q, kc[:b], vc[:b], step, hq, hk, node.attr("window"))
 
 
 def _w4a16_rope_attention(eng, node, xs, step):
@@ -185,15 +193,13 @@ def _w4a16_rope_attention(eng, node, xs, step):
     x, pos = xs
     if step.prefill:
         return _rope_qk_attention(eng, node, [_w4a16(eng, node, [x], step), pos], step)
-    from optimizer.kernels.attention.triton_decode import decode_attention
     from optimizer.kernels.w4a16.triton_gemm import w4a16_qkv_rope
     hq, hk, d = node.attr("n_heads"), node.attr("n_kv_heads"), node.attr("head_dim")
     kc, vc = eng.cache.layer(node.attr("layer"))
     b = x.shape[0]
     q = w4a16_qkv_rope(x, _w4a16_tensors(eng, node), _opt(eng, node, "bias"), pos,
                        eng.freqs_of(node), hq, hk, d, kc, vc)
-    return decode_attention(q, kc[:b], vc[:b], step.lengths, hq, hk, node.attr("window"),
-                            locks=eng.cache.locks)
+    return _decode_attention(eng, q, kc[:b], vc[:b], step, hq, hk, node.attr("window"))
 
 
 def _w4a16_add_norm_linear(eng, node, xs, step):
@@ -235,11 +241,10 @@ def group_nodes(nodes: list[Node], outputs: tuple[str, ...] = ()) -> list[Node]:
       reader and are not graph outputs: one ``w4a16_add_norm_linear(x, r) -> s, z`` (the
       first linear's weights and ``prepared``, the norm's weight as "norm", the second's
       bias as "b.bias" and ``prepared_b``, eps, ``gate_up``), the norm split over the two
-      W4A16 decode kernels where they run (triton_gemm.w4a16_add_norm_linear). Only with
-      ``OPTIMIZER_FUSE_ADD_NORM=1`` (read when the engine is built): its first version tied
-      at batch 1 and was slower at 2 and 4 (the producers' epilogue read the residual one
-      element after another, +2 µs each); the loads are now issued together, which has not
-      been measured yet (bench/RESULTS.md, eleventh session).
+      W4A16 decode kernels where they run (triton_gemm.w4a16_add_norm_linear: at batch 1,
+      where it was measured faster: 8B int4 decode on an H100, 471.5 against 464 tok/s;
+      bench/RESULTS.md, twelfth session). ``OPTIMIZER_FUSE_ADD_NORM=0`` (read when the
+      engine is built) keeps them apart.
 
     (Also tried and removed: silu_mul folded into the down projection's W4A16 input load.
     Measured on an H200 it made 8B int4 decode at batch 1 slower, 420 -> 389 tok/s: the
@@ -279,7 +284,7 @@ def group_nodes(nodes: list[Node], outputs: tuple[str, ...] = ()) -> list[Node]:
             skip.update(group[1:])
             continue
         out.append(n)
-    if os.environ.get("OPTIMIZER_FUSE_ADD_NORM", "0") == "1":
+    if os.environ.get("OPTIMIZER_FUSE_ADD_NORM", "1") != "0":
         out = _group_add_norm(out, set(outputs))
     return out
 
