@@ -155,6 +155,20 @@ def check_rope_cache(b: int, hq: int, hk: int, d: int, s_max: int, dtype: torch.
     assert torch.equal(kc[~written].double(), kc_ref[~written]), "k: other rows changed: " + what
 
 
+def _capture(step) -> torch.cuda.CUDAGraph:
+    """``step()`` run once on a side stream (warm-up, as CUDA graph capture wants), then
+    captured."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph
+
+
 @contextlib.contextmanager
 def _nan_workspace():
     """torch.empty returns NaN-filled float tensors inside the block (the split-K workspace:
@@ -349,14 +363,7 @@ class TestGPU:
             td.cache_write(kc, vc, k_new, v_new, lengths - 1)
             td.decode_attention(q, kc, vc, lengths, hq, hk, window=1024, out=out)
 
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            step()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step()
+        graph = _capture(step)
         for lens in ([7, 1500, 3, 2000], [2048, 1, 1024, 1025]):
             lengths.copy_(torch.tensor(lens, dtype=torch.int32))
             k_new.normal_()
@@ -432,14 +439,7 @@ class TestCudaDecode:
             tr.rope_qk_cache(x, pos, freqs, hq, hk, d, kc, vc, q_out=q)
             cd.decode_attention(q, kc, vc, lengths, hq, hk, out=out)
 
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            step()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            step()
+        graph = _capture(step)
         rows = torch.arange(b, device="cuda")
         for lens in ([7, 200, 1], [150, 2, 199]):
             lengths.copy_(torch.tensor(lens, dtype=torch.int32))

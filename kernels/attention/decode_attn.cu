@@ -31,7 +31,7 @@
 #include <math.h>
 #include <stdint.h>
 
-#include "../cuda_common.cuh"  // float_to_act
+#include "../cuda_common.cuh"  // to_float2, float_to_act
 
 namespace cg = cooperative_groups;
 
@@ -55,18 +55,6 @@ __device__ __forceinline__ void load_row(const uint16_t* p, uint32_t (&w)[D / 64
 
 __device__ __forceinline__ void prefetch_l2(const void* p) {
   asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-}
-
-template <bool BF16>
-__device__ __forceinline__ void to_float2(uint32_t v, float& lo, float& hi) {
-  if (BF16) {
-    lo = __uint_as_float(v << 16);
-    hi = __uint_as_float(v & 0xFFFF0000u);
-  } else {
-    asm("{ .reg .f16 a, b; mov.b32 {a, b}, %2; cvt.f32.f16 %0, a; cvt.f32.f16 %1, b; }"
-        : "=f"(lo), "=f"(hi)
-        : "r"(v));
-  }
 }
 
 template <bool BF16, int D>

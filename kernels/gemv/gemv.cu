@@ -14,21 +14,9 @@
 #include <cuda_runtime.h>
 #include <stdint.h>
 
-#include "../cuda_common.cuh"  // load_stream, act_to_float, float_to_act
+#include "../cuda_common.cuh"  // load_stream, act_to_float, to_float2, float_to_act
 
 namespace {
-
-template <bool BF16>
-__device__ __forceinline__ void to_float2(uint32_t v, float& lo, float& hi) {
-  if (BF16) {
-    lo = __uint_as_float(v << 16);
-    hi = __uint_as_float(v & 0xFFFF0000u);
-  } else {
-    asm("{ .reg .f16 a, b; mov.b32 {a, b}, %2; cvt.f32.f16 %0, a; cvt.f32.f16 %1, b; }"
-        : "=f"(lo), "=f"(hi)
-        : "r"(v));
-  }
-}
 
 // MR: rows of x the kernel is built for (M <= MR; rows past M read as 0 and are not stored)
 template <bool BF16, bool F32, int MR, int R, int WK>
