@@ -158,9 +158,9 @@ def _attention(eng, node, xs, step):
 
 
 def _decode_attention(eng, q, kc, vc, step, hq, hk, window):
-    """One decode step's attention over the layer's cache: the CUDA kernel where it runs and
-    is switched on (kernels/attention/cuda_decode.py, ``OPTIMIZER_ATTN_CUDA=1``), else the
-    Triton split-K kernel."""
+    """One decode step's attention over the layer's cache: the Triton split-K kernel, or the
+    CUDA one where it runs and is switched on (kernels/attention/cuda_decode.py,
+    ``OPTIMIZER_ATTN_CUDA=1``; slower in the 8B decode step as measured)."""
     from optimizer.kernels.attention import cuda_decode
     if cuda_decode.available(q, kc, vc, step.lengths, hq, hk):
         return cuda_decode.decode_attention(q, kc, vc, step.lengths, hq, hk, window)
