@@ -475,6 +475,14 @@ class TestCudaDecodePlan:
         c, p = kernel("attention.cuda_decode").plan(s_max)
         assert (c, p) == want and c * p >= s_max and c in (1, 2, 4, 8)
 
+    def test_plan_override(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        cd = kernel("attention.cuda_decode")
+        monkeypatch.setenv("OPTIMIZER_ATTN_CUDA_CLUSTER", "2")
+        assert cd.plan(200) == (2, 100) and cd.plan(1) == (2, 1)
+        monkeypatch.setenv("OPTIMIZER_ATTN_CUDA_CLUSTER", "3")
+        with pytest.raises(ValueError, match="expected 1, 2, 4 or 8"):
+            cd.plan(200)
+
     def test_cpu_tensors_rejected(self) -> None:
         cd = kernel("attention.cuda_decode")
         q = torch.zeros(1, 4 * 64, dtype=torch.bfloat16)

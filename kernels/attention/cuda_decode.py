@@ -38,9 +38,16 @@ MIN_POSITIONS = 32      # per CTA: 8 per warp, the first group's loads before th
 
 def plan(s_max: int) -> tuple[int, int]:
     """(CTAs per cluster C, positions per CTA P) for a cache of s_max positions: the smallest
-    power of two C <= 8 that gives each CTA at most MIN_POSITIONS, P = ceil(s_max / C)."""
-    want = max(1, -(-s_max // MIN_POSITIONS))
-    c = min(MAX_CLUSTER, 1 << (want - 1).bit_length())
+    power of two C <= 8 that gives each CTA at most MIN_POSITIONS, P = ceil(s_max / C).
+    ``OPTIMIZER_ATTN_CUDA_CLUSTER`` (1, 2, 4 or 8) sets C instead (A/B measurements)."""
+    over = os.environ.get("OPTIMIZER_ATTN_CUDA_CLUSTER")
+    if over:
+        if over not in ("1", "2", "4", "8"):
+            raise ValueError(f"OPTIMIZER_ATTN_CUDA_CLUSTER={over!r}: expected 1, 2, 4 or 8")
+        c = int(over)
+    else:
+        want = max(1, -(-s_max // MIN_POSITIONS))
+        c = min(MAX_CLUSTER, 1 << (want - 1).bit_length())
     return c, -(-s_max // c)
 
 
