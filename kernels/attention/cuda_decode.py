@@ -28,6 +28,7 @@ from pathlib import Path
 import torch
 
 from .. import cuda_build
+from ..device_info import device_index
 
 SOURCE = Path(__file__).with_name("decode_attn.cu")
 HEAD_DIMS = (64, 128)
@@ -69,10 +70,6 @@ def _library(index: int) -> ctypes.CDLL | None:
     return lib
 
 
-def _index(device: torch.device) -> int:
-    return device.index if device.index is not None else torch.cuda.current_device()
-
-
 def _why_not(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
              lengths: torch.Tensor, n_heads: int, n_kv_heads: int) -> str | None:
     """None where the kernel takes these operands, else what it does not take."""
@@ -112,7 +109,7 @@ def available(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     if os.environ.get("OPTIMIZER_ATTN_CUDA", "0") != "1" \
             or not supported(q, k_cache, v_cache, lengths, n_heads, n_kv_heads):
         return False
-    return _library(_index(q.device)) is not None
+    return _library(device_index(q.device)) is not None
 
 
 def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -135,7 +132,7 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
                          f"{tuple(q.shape)} tensor with unit stride along its rows")
     if bsz == 0 or s_max == 0:
         return o.zero_() if s_max == 0 else o
-    lib = _library(_index(q.device))
+    lib = _library(device_index(q.device))
     if lib is None:
         raise RuntimeError("cuda decode attention: the kernel could not be built for this "
                            "device (needs sm_90 and nvcc)")

@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from .. import cuda_build, pdl
+from ..device_info import device_index
 
 MAX_M = 4
 SOURCE = Path(__file__).with_name("gemv.cu")
@@ -77,10 +78,6 @@ def _library(index: int) -> ctypes.CDLL | None:
     return lib
 
 
-def _index(device: torch.device) -> int:
-    return device.index if device.index is not None else torch.cuda.current_device()
-
-
 def supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether the kernel takes these operands: x [M <= 4, K], W [N, K] of one 16-bit float
     dtype on one CUDA device, unit stride along K, K and the row strides multiples of 8 with
@@ -98,7 +95,7 @@ def available(x: torch.Tensor, weight: torch.Tensor) -> bool:
     """`supported`, not switched off, and the kernel built for x's device."""
     if os.environ.get("OPTIMIZER_CUDA_GEMV", "1") == "0" or not supported(x, weight):
         return False
-    return _library(_index(x.device)) is not None
+    return _library(device_index(x.device)) is not None
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,
@@ -126,7 +123,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
                          f"stride along N")
     if n == 0:
         return y
-    lib = _library(_index(x.device))
+    lib = _library(device_index(x.device))
     if lib is None:
         raise RuntimeError("cuda gemv: the kernel could not be built for this device")
     cfg = cfg or pick_config(m, n, k)

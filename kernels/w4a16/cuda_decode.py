@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from .. import cuda_build, pdl
-from ..device_info import sm_count
+from ..device_info import device_index, sm_count
 
 MAX_M = 8                     # the MMA's n dimension: rows of x per launch
 # rows up to which path="auto" picks this kernel; OPTIMIZER_W4A16_MMA_MAX_M (1..8) moves
@@ -265,10 +265,6 @@ def _library(index: int) -> ctypes.CDLL | None:
     return lib
 
 
-def _index(device: torch.device) -> int:
-    return device.index if device.index is not None else torch.cuda.current_device()
-
-
 def available(x: torch.Tensor) -> bool:
     """True when x (an M x K activation) can go to the CUDA kernel: a CUDA tensor of at
     most MAX_M rows, even K and row stride (4-byte pairs), the kernel built for its device."""
@@ -278,7 +274,7 @@ def available(x: torch.Tensor) -> bool:
         return False
     if x.stride(1) != 1 or x.data_ptr() % 4:
         return False
-    return _library(_index(x.device)) is not None
+    return _library(device_index(x.device)) is not None
 
 
 def w4a16_mma(x: torch.Tensor, prepared: dict[str, torch.Tensor], bias: torch.Tensor | None,
@@ -341,7 +337,7 @@ def w4a16_mma(x: torch.Tensor, prepared: dict[str, torch.Tensor], bias: torch.Te
         ws_ptr, locks_ptr = ws.data_ptr(), locks.data_ptr()
     else:
         ws_ptr = locks_ptr = None
-    lib = _library(_index(x.device))
+    lib = _library(device_index(x.device))
     if rope is not None:
         kc = rope.k_cache
         rope_args = (rope.positions.data_ptr(), rope.freqs.data_ptr(), rope.q_out.data_ptr(),
